@@ -1,0 +1,1 @@
+"""Pure JAX transition kernels: no PyMC, no Python state (``init`` / ``kernel`` pairs)."""
