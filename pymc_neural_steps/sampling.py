@@ -1,0 +1,286 @@
+"""The fast driver: every chain of a step method at once, in jitted ``lax.scan`` chunks.
+
+``pm.sample`` calls a step method once per draw from Python, which costs 130-290 µs per
+draw before any numerical work (``design.md``). ``sample`` runs the same ``ChainProgram``
+(``steps/base.py``) with the chains vmapped (the leading axis of every carry array, so it
+can be sharded across devices) and the draws scanned, returning to Python only between
+chunks: for the progress bar and so that Ctrl-C keeps what has been drawn. The result is
+the object ``pm.sample`` returns on the installed PyMC.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pymc as pm
+from pymc.initial_point import make_initial_point_fn
+
+from pymc_neural_steps import adaptation
+from pymc_neural_steps._compat import build_result
+from pymc_neural_steps.steps.base import ChainProgram, NeuralStep, iteration_key
+from pymc_neural_steps.target import NonFiniteInitialPointError, Target
+
+__all__ = ["sample"]
+
+logger = logging.getLogger("pymc_neural_steps")
+
+# Stats renamed as PyMC's ArviZ conversion renames them.
+_RENAMED_STATS = {"model_logp": "lp"}
+
+
+def _chunk_size(n: int, requested: int | None) -> int:
+    if requested is not None:
+        return max(1, min(int(requested), n))
+    # About 20 progress updates, on a divisor of n when one is close (no recompilation
+    # for a shorter last chunk).
+    target = max(1, n // 20)
+    for size in range(target, max(1, target // 2) - 1, -1):
+        if n % size == 0:
+            return size
+    return target
+
+
+def _initial_positions(
+    model: pm.Model, target: Target, chains: int, seeds: Sequence[int], initvals, jitter: bool
+) -> np.ndarray:
+    """Jittered starting points as ``pm.sample`` makes them, each with a finite density."""
+    overrides = initvals if isinstance(initvals, Sequence) else [initvals] * chains
+    check = jax.jit(jax.value_and_grad(target.logdensity))
+    positions = []
+    for chain, seed in enumerate(seeds):
+        point_fn = make_initial_point_fn(
+            model=model,
+            overrides=overrides[chain],
+            jitter_rvs=set(model.free_RVs) if jitter else set(),
+            return_transformed=True,
+        )
+        rng = np.random.default_rng(seed)
+        for _ in range(10):
+            x = target.layout.ravel(point_fn(int(rng.integers(2**31))))
+            value, grad = check(x)
+            if np.isfinite(value) and np.all(np.isfinite(grad)):
+                break
+        else:
+            target.check_initial_point(x)  # raises, naming the variables at fault
+            raise NonFiniteInitialPointError("No initial point with a finite log density.")
+        positions.append(x)
+    return np.stack(positions)
+
+
+def _batched(program: ChainProgram):
+    """Jitted chunk runners over all chains (leading axis) for warm-up and sampling."""
+
+    def tune_chunk(carry, seeds, iterations, codes):
+        def body(carry, inputs):
+            iteration, code = inputs
+            keys = jax.vmap(iteration_key, (0, None))(seeds, iteration)
+            carry, position, stats = jax.vmap(program.tune, (0, 0, None, None))(
+                keys, carry, code, ()
+            )
+            return carry, (position, stats)
+
+        return jax.lax.scan(body, carry, (iterations, codes))
+
+    def draw_chunk(carry, seeds, iterations):
+        def body(carry, iteration):
+            keys = jax.vmap(iteration_key, (0, None))(seeds, iteration)
+            carry, position, stats = jax.vmap(program.draw, (0, 0, None))(keys, carry, ())
+            return carry, (position, stats)
+
+        return jax.lax.scan(body, carry, iterations)
+
+    end_tune = program.pooled_end_tune or jax.vmap(program.end_tune)
+    return (
+        jax.jit(jax.vmap(lambda x: program.init(x, ()))),
+        jax.jit(tune_chunk),
+        jax.jit(end_tune),
+        jax.jit(draw_chunk),
+    )
+
+
+def _to_chain_major(chunks: list[np.ndarray], chains: int, width: int) -> np.ndarray:
+    if not chunks:
+        return np.zeros((chains, 0, width))
+    return np.swapaxes(np.concatenate(chunks, axis=0), 0, 1)
+
+
+def sample(
+    step: NeuralStep,
+    draws: int = 1000,
+    tune: int = 1000,
+    chains: int = 4,
+    random_seed: int | None = None,
+    progressbar: bool = True,
+    initvals=None,
+    jitter: bool = True,
+    discard_tuned_samples: bool = True,
+    chunk_size: int | None = None,
+    model: pm.Model | None = None,
+):
+    """Sample all chains of ``step`` at once; returns what ``pm.sample`` returns.
+
+    Parameters
+    ----------
+    step
+        A step method of this package (e.g. ``JaxHMC()``), created for the whole model.
+    draws, tune, chains, random_seed, initvals, discard_tuned_samples
+        As for ``pm.sample``.
+    progressbar
+        Show progress between chunks.
+    jitter
+        Jitter the initial points uniformly in (-1, 1) on the unconstrained scale, as
+        ``pm.sample``'s default initialisation does.
+    chunk_size
+        Iterations per compiled call (default: about 1/20 of the run).
+
+    Ctrl-C stops sampling between chunks and returns the draws made so far.
+    """
+    if not isinstance(step, NeuralStep):
+        raise TypeError(
+            f"sample() runs the step methods of pymc_neural_steps, got {type(step).__name__}; "
+            "use pm.sample for PyMC's own step methods."
+        )
+    if draws < 1:
+        raise ValueError("draws must be at least 1")
+    if tune < 0:
+        raise ValueError("tune must not be negative")
+    model = pm.modelcontext(model if model is not None else step._model)
+    if {v.name for v in step.vars} != {v.name for v in model.value_vars}:
+        left_out = sorted({v.name for v in model.value_vars} - {v.name for v in step.vars})
+        raise ValueError(
+            "pymc_neural_steps.sample needs one step method for every free variable; "
+            f"{left_out} are not assigned to it (use pm.sample for compound steps)."
+        )
+
+    wall_start = time.perf_counter()
+    target = step._build_target()
+    program = step._program(target)
+    seed_seq = np.random.SeedSequence(random_seed)
+    chain_seeds = [int(s.generate_state(2, np.uint64)[0] >> np.uint64(2)) for s in seed_seq.spawn(chains)]
+    init_seeds = [int(s.generate_state(1)[0]) for s in seed_seq.spawn(chains)]
+    positions = _initial_positions(model, target, chains, init_seeds, initvals, jitter)
+
+    init_fn, tune_fn, end_tune_fn, draw_fn = _batched(program)
+    seeds = jnp.asarray(chain_seeds, dtype=jnp.int64)
+    carry = init_fn(jnp.asarray(positions))
+
+    warm_positions: list[np.ndarray] = []
+    warm_stats: list[np.ndarray] = []
+    draw_positions: list[np.ndarray] = []
+    draw_stats: list[np.ndarray] = []
+    codes = adaptation.window_codes(tune) if tune > 0 else np.zeros(0, np.int8)
+    progress = _Progress(tune + draws, chains, enabled=progressbar)
+    interrupted = False
+    tuning_time = sampling_time = 0.0
+    try:
+        start = time.perf_counter()
+        size = _chunk_size(tune, chunk_size) if tune else 0
+        for begin in range(0, tune, max(size, 1)):
+            end = min(begin + size, tune)
+            iterations = jnp.arange(begin, end)
+            carry, (pos, st) = tune_fn(carry, seeds, iterations, jnp.asarray(codes[begin:end]))
+            warm_positions.append(np.asarray(pos))
+            warm_stats.append(np.asarray(st))
+            progress.update(end - begin, "warm-up")
+        carry = end_tune_fn(carry)
+        jax.block_until_ready(carry)
+        tuning_time = time.perf_counter() - start
+
+        start = time.perf_counter()
+        size = _chunk_size(draws, chunk_size)
+        for begin in range(0, draws, size):
+            end = min(begin + size, draws)
+            iterations = jnp.arange(tune + begin, tune + end)
+            carry, (pos, st) = draw_fn(carry, seeds, iterations)
+            draw_positions.append(np.asarray(pos))
+            draw_stats.append(np.asarray(st))
+            progress.update(end - begin, "sampling")
+        sampling_time = time.perf_counter() - start
+    except KeyboardInterrupt:
+        interrupted = True
+        warnings.warn(
+            "Sampling was interrupted; returning the draws made so far.", stacklevel=2
+        )
+    finally:
+        progress.close()
+
+    specs = program.stat_specs
+    result_parts = {}
+    for label, pos_chunks, stat_chunks in (
+        ("posterior", draw_positions, draw_stats),
+        ("warmup", warm_positions, warm_stats),
+    ):
+        x = _to_chain_major(pos_chunks, chains, target.dim)
+        st = _to_chain_major(stat_chunks, chains, len(specs))
+        result_parts[label] = (_constrained_draws(target, x), _stats_dict(specs, st))
+
+    attrs = {
+        "tuning_steps": tune,
+        "sampling_time": sampling_time,
+        "tuning_time": tuning_time,
+        "total_time": time.perf_counter() - wall_start,
+        "step_method": type(step).__name__,
+        "interrupted": int(interrupted),
+    }
+    posterior, stats = result_parts["posterior"]
+    warm_posterior, warm_stats_dict = result_parts["warmup"]
+    keep_warmup = not discard_tuned_samples and tune > 0
+    return build_result(
+        model,
+        posterior=posterior,
+        sample_stats=stats,
+        warmup_posterior=warm_posterior if keep_warmup else None,
+        warmup_sample_stats=warm_stats_dict if keep_warmup else None,
+        attrs=attrs,
+    )
+
+
+def _constrained_draws(target: Target, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Constrained values and Deterministics for draws x of shape (chain, draw, d)."""
+    chains, n, dim = x.shape
+    if n == 0:
+        shapes = jax.eval_shape(target.constrained, jnp.zeros(dim))
+        return {k: np.zeros((chains, 0, *v.shape)) for k, v in shapes.items()}
+    flat = jnp.asarray(x.reshape(chains * n, dim))
+    values = jax.jit(jax.vmap(target.constrained))(flat)
+    return {k: np.asarray(v).reshape(chains, n, *v.shape[1:]) for k, v in values.items()}
+
+
+def _stats_dict(specs, packed: np.ndarray) -> dict[str, np.ndarray]:
+    return {
+        _RENAMED_STATS.get(spec.name, spec.name): packed[..., i].astype(spec.dtype)
+        for i, spec in enumerate(specs)
+    }
+
+
+class _Progress:
+    """A rich progress bar over iterations of all chains (updated between chunks)."""
+
+    def __init__(self, total: int, chains: int, enabled: bool):
+        self._bar = None
+        if not enabled:
+            return
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} iterations x {task.fields[chains]} chains"),
+            TimeRemainingColumn(),
+        )
+        self._bar.start()
+        self._task = self._bar.add_task("compiling", total=total, chains=chains)
+
+    def update(self, advance: int, phase: str) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, advance=advance, description=phase)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()

@@ -1,0 +1,273 @@
+"""What every step method of this package shares: the PyMC contract around a JAX program.
+
+A method is written once, as a ``ChainProgram`` of pure JAX functions of one chain's carry
+(its kernel state plus every adapted or learned quantity). Two drivers run it:
+
+* ``NeuralStep.step`` -- PyMC's per-draw loop (``pm.sample(step=...)``), one chain per
+  instance, the carry kept in the step's sampling state so that every chain starts from
+  the same untuned state (PyMC restores ``sampling_state`` between sequential chains);
+* ``pymc_neural_steps.sample`` -- all chains at once, vmapped, in jitted ``lax.scan``
+  chunks (``sampling.py``).
+
+Randomness: each chain has one integer seed, drawn from the generator PyMC hands over
+(``setup_chain`` on PyMC 6, ``set_rng`` on PyMC 5); the key of iteration i is
+``fold_in(key(seed), i)``, so a chain's draws depend on its seed alone, not on how the
+iterations are split into calls or processes.
+
+Compilation is lazy: nothing is traced or jitted in ``__init__``, and compiled functions
+are dropped on pickling, because PyMC pickles step methods into worker processes and JAX
+does not survive a ``fork`` after it has started threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import field
+from typing import Any, ClassVar, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pymc as pm
+from pymc.step_methods.compound import BlockedStep, Competence, StepMethodState
+from pymc.step_methods.state import dataclass_state
+from pymc.util import get_random_generator, get_value_vars_from_user_vars
+
+from pymc_neural_steps.target import Target, build_target
+
+__all__ = ["ChainProgram", "NeuralStep", "NeuralStepState", "StatSpec"]
+
+
+class StatSpec(NamedTuple):
+    name: str
+    dtype: type
+
+
+# Stats every method reports, in this order at the start of its packed stats vector.
+COMMON_STATS = (
+    StatSpec("acceptance_rate", np.float64),
+    StatSpec("diverging", bool),
+    StatSpec("model_logp", np.float64),  # ArviZ conversion renames it to "lp"
+    StatSpec("n_grad_evals", np.int64),
+)
+
+
+class ChainProgram(NamedTuple):
+    """One method as pure functions of a single chain (``vmap``-able over chains).
+
+    ``init(position, extras) -> carry``
+    ``tune(key, carry, code, extras) -> (carry, position, stats)``   one warm-up iteration
+    ``end_tune(carry) -> carry``                                      freeze what was learned
+    ``draw(key, carry, extras) -> (carry, position, stats)``          one posterior draw
+    ``refresh(carry, position, extras) -> carry``                     adopt a position set
+                                                                      from outside (compound
+                                                                      steps, new extras)
+    ``stats`` is a float64 vector laid out as ``stat_specs``; ``code`` is the warm-up
+    window code of ``adaptation.window_code``.
+    """
+
+    init: Callable
+    tune: Callable
+    end_tune: Callable
+    draw: Callable
+    refresh: Callable
+    stat_specs: tuple[StatSpec, ...]
+    # Optional: end warm-up with every chain's carry at once (e.g. one network trained on
+    # the pooled warm-up data of all chains). Takes and returns a batched carry.
+    pooled_end_tune: Callable | None = None
+
+
+def iteration_key(seed, iteration):
+    return jax.random.fold_in(jax.random.key(seed), iteration)
+
+
+@dataclass_state
+class NeuralStepState(StepMethodState):
+    tune: bool
+    iteration: int
+    num_tune: int | None
+    seed: int
+    carry: Any = field(default=None)
+
+
+class NeuralStep(BlockedStep):
+    """Base PyMC step method: converts points, drives a ``ChainProgram``, records stats.
+
+    Subclasses implement ``_program(target) -> ChainProgram`` and declare their extra stats
+    in ``extra_stats`` (after ``COMMON_STATS``).
+    """
+
+    name: ClassVar[str] = "neural_step"
+    default_blocked = True
+    _state_class = NeuralStepState
+    extra_stats: ClassVar[tuple[StatSpec, ...]] = ()
+    # Filled per subclass by __init_subclass__ for PyMC's trace.
+    stats_dtypes_shapes: ClassVar[dict[str, tuple[type, list]]] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.stats_dtypes_shapes = {s.name: (s.dtype, []) for s in cls.stat_specs()}
+
+    @classmethod
+    def stat_specs(cls) -> tuple[StatSpec, ...]:
+        return COMMON_STATS + cls.extra_stats
+
+    def __init__(
+        self,
+        vars=None,  # noqa: A002 -- PyMC's name
+        *,
+        model=None,
+        rng=None,
+        initial_point: dict | None = None,
+        blocked: bool = True,
+    ):
+        model = pm.modelcontext(model)
+        if vars is None:
+            vars = model.continuous_value_vars
+        else:
+            vars = get_value_vars_from_user_vars(vars, model)
+        self.vars = list(vars)
+        self._model = model
+        self._initial_point = initial_point
+        self.blocked = blocked
+        self.rng = get_random_generator(rng)
+        self.seed = int(self.rng.integers(2**62))
+        self.tune = True
+        self.iteration = 0
+        self.num_tune = None
+        self.carry = None
+        self._compiled: dict[str, Any] | None = None
+
+    # --- PyMC contract -----------------------------------------------------------------
+    @staticmethod
+    def competence(var, has_grad):
+        if var.dtype.startswith(("float", "complex")) and has_grad:
+            return Competence.PREFERRED
+        return Competence.INCOMPATIBLE
+
+    def set_rng(self, rng):  # PyMC 5
+        self.rng = get_random_generator(rng, copy=False)
+        self.seed = int(self.rng.integers(2**62))
+
+    def setup_chain(self, rng, tune: int, draws: int) -> None:  # PyMC 6
+        self.set_rng(rng)
+        self.num_tune = int(tune)
+        self.reset_tuning()
+
+    def reset_tuning(self):
+        """Start a chain afresh: untuned, nothing learned."""
+        self.iteration = 0
+        self.carry = None
+        self.tune = True
+
+    def stop_tuning(self):
+        if self.tune and self.carry is not None:
+            self.carry = self._functions()["end_tune"](self.carry)
+        self.tune = False
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_compiled"] = None
+        return state
+
+    # --- compilation ---------------------------------------------------------------------
+    def _program(self, target: Target) -> ChainProgram:
+        raise NotImplementedError
+
+    def _build_target(self) -> Target:
+        return build_target(self._model, self.vars, initial_point=self._initial_point)
+
+    def _functions(self) -> dict[str, Any]:
+        if self._compiled is None:
+            target = self._build_target()
+            program = self._program(target)
+
+            def tune(seed, iteration, carry, position, code, extras):
+                carry = program.refresh(carry, position, extras)
+                return program.tune(iteration_key(seed, iteration), carry, code, extras)
+
+            def draw(seed, iteration, carry, position, extras):
+                carry = program.refresh(carry, position, extras)
+                return program.draw(iteration_key(seed, iteration), carry, extras)
+
+            self._compiled = {
+                "target": target,
+                "program": program,
+                "init": jax.jit(program.init),
+                "tune": jax.jit(tune),
+                "draw": jax.jit(draw),
+                "end_tune": jax.jit(program.end_tune),
+            }
+        return self._compiled
+
+    @property
+    def target(self) -> Target:
+        return self._functions()["target"]
+
+    # --- one draw ------------------------------------------------------------------------
+    def step(self, point):
+        fns = self._functions()
+        layout = fns["target"].layout
+        position = layout.ravel(point)
+        extras = tuple(np.asarray(point[name]) for name in layout.extra_names)
+        if self.carry is None:
+            fns["target"].check_initial_point(position, extras)
+            self.carry = fns["init"](position, extras)
+            if not self.tune:  # tune=0: sample with the initial settings
+                self.carry = fns["end_tune"](self.carry)
+
+        from pymc_neural_steps.adaptation import window_code
+
+        if self.tune:
+            code = window_code(self.iteration, self.num_tune)
+            out = fns["tune"](self.seed, self.iteration, self.carry, position, code, extras)
+        else:
+            out = fns["draw"](self.seed, self.iteration, self.carry, position, extras)
+        self.carry, new_position, packed = out
+        self.iteration += 1
+
+        new_position, packed = np.asarray(new_position), np.asarray(packed)
+        stats = {
+            spec.name: spec.dtype(value)
+            for spec, value in zip(self.stat_specs(), packed, strict=True)
+        }
+        new_point = dict(point)
+        new_point.update(layout.unravel(new_position))
+        return new_point, [stats]
+
+    # --- progress bar --------------------------------------------------------------------
+    @staticmethod
+    def _progressbar_config(n_chains=1):
+        from rich.progress import TextColumn
+        from rich.table import Column
+
+        columns = [
+            TextColumn("{task.fields[divergences]}", table_column=Column("Divergences", ratio=1)),
+            TextColumn("{task.fields[acceptance_rate]:0.2f}", table_column=Column("Accept", ratio=1)),
+            TextColumn("{task.fields[n_grad_evals]}", table_column=Column("Grad evals", ratio=1)),
+        ]
+        stats = {
+            "divergences": [0] * n_chains,
+            "acceptance_rate": [0.0] * n_chains,
+            "n_grad_evals": [0] * n_chains,
+        }
+        return columns, stats
+
+    @staticmethod
+    def _make_progressbar_update_functions():
+        def update_stats(stats):
+            # PyMC accumulates nothing for us: "divergences" is the current draw's flag.
+            return {
+                "divergences": int(stats.get("diverging", False)),
+                "acceptance_rate": float(stats.get("acceptance_rate", 0.0)),
+                "n_grad_evals": int(stats.get("n_grad_evals", 0)),
+                "failing": bool(stats.get("diverging", False)),
+            }
+
+        return (update_stats,)
+
+
+def pack_stats(*values) -> jax.Array:
+    """Stats as one float64 vector (one host transfer per draw instead of one per stat)."""
+    return jnp.stack([jnp.asarray(v, jnp.float64) for v in values])
+
