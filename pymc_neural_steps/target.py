@@ -134,10 +134,12 @@ class Layout:
         theirs = (other.fingerprint() if isinstance(other, Layout) else other)["variables"]
         mine_by_name = {v["name"]: v for v in mine}
         theirs_by_name = {v["name"]: v for v in theirs}
-        for name in mine_by_name.keys() - theirs_by_name.keys():
-            raise LayoutMismatchError(f"variable {name!r} is missing from {what}")
-        for name in theirs_by_name.keys() - mine_by_name.keys():
-            raise LayoutMismatchError(f"{what} has a variable {name!r} this one does not")
+        for name in mine_by_name:
+            if name not in theirs_by_name:
+                raise LayoutMismatchError(f"variable {name!r} is missing from {what}")
+        for name in theirs_by_name:
+            if name not in mine_by_name:
+                raise LayoutMismatchError(f"{what} has a variable {name!r} this one does not")
         for a, b in zip(mine, theirs, strict=True):
             if a["name"] != b["name"]:
                 raise LayoutMismatchError(

@@ -21,6 +21,7 @@ does not survive a ``fork`` after it has started threads.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import field
 from typing import Any, ClassVar, NamedTuple
@@ -75,6 +76,39 @@ class ChainProgram(NamedTuple):
     # Optional: end warm-up with every chain's carry at once (e.g. one network trained on
     # the pooled warm-up data of all chains). Takes and returns a batched carry.
     pooled_end_tune: Callable | None = None
+
+
+def _jax_backends_initialized() -> bool:
+    try:
+        from jax._src import xla_bridge
+
+        return bool(xla_bridge.backends_are_initialized())
+    except (ImportError, AttributeError):  # pragma: no cover - a JAX without the helper
+        return False
+
+
+# Set in a child created by fork(): whether the parent had already started JAX, whose
+# thread pools do not survive a fork (JAX then hangs in the child instead of failing).
+_FORKED_AFTER_JAX_STARTED = False
+
+
+def _note_fork() -> None:
+    global _FORKED_AFTER_JAX_STARTED
+    _FORKED_AFTER_JAX_STARTED = _jax_backends_initialized()
+
+
+os.register_at_fork(after_in_child=_note_fork)
+
+
+def _refuse_unsafe_fork() -> None:
+    if _FORKED_AFTER_JAX_STARTED:
+        raise RuntimeError(
+            "This process was forked after JAX had started in its parent, and JAX cannot "
+            "run in such a process (it would hang). Sample with "
+            "pm.sample(..., mp_ctx='forkserver') (PyMC's default on Linux) or "
+            "mp_ctx='spawn', or with pymc_neural_steps.sample, which runs all chains in "
+            "one process."
+        )
 
 
 def iteration_key(seed, iteration):
@@ -179,6 +213,7 @@ class NeuralStep(BlockedStep):
 
     def _functions(self) -> dict[str, Any]:
         if self._compiled is None:
+            _refuse_unsafe_fork()
             target = self._build_target()
             program = self._program(target)
 
