@@ -23,7 +23,7 @@ from pymc.initial_point import make_initial_point_fn
 
 from pymc_neural_steps import adaptation
 from pymc_neural_steps._compat import build_result
-from pymc_neural_steps.steps.base import ChainProgram, NeuralStep, iteration_key
+from pymc_neural_steps.steps.base import DEFAULT_MODE, ChainProgram, NeuralStep, iteration_key
 from pymc_neural_steps.target import NonFiniteInitialPointError, Target
 
 __all__ = ["sample"]
@@ -73,35 +73,59 @@ def _initial_positions(
     return np.stack(positions)
 
 
-def _batched(program: ChainProgram):
-    """Jitted chunk runners over all chains (leading axis) for warm-up and sampling."""
+class _BatchedProgram:
+    """Jitted runners over all chains (the leading axis of every carry array)."""
 
-    def tune_chunk(carry, seeds, iterations, codes):
-        def body(carry, inputs):
-            iteration, code = inputs
+    def __init__(self, program: ChainProgram):
+        self.program = program
+
+        def tune_chunk(carry, seeds, iterations, codes, mode):
+            def body(carry, inputs):
+                iteration, code = inputs
+                keys = jax.vmap(iteration_key, (0, None))(seeds, iteration)
+                carry, position, stats = jax.vmap(
+                    lambda k, c: program.tune(k, c, code, (), mode)
+                )(keys, carry)
+                return carry, (position, stats)
+
+            return jax.lax.scan(body, carry, (iterations, codes))
+
+        def draw_chunk(carry, seeds, iterations, mode):
+            def body(carry, iteration):
+                keys = jax.vmap(iteration_key, (0, None))(seeds, iteration)
+                carry, position, stats = jax.vmap(lambda k, c: program.draw(k, c, (), mode))(
+                    keys, carry
+                )
+                return carry, (position, stats)
+
+            return jax.lax.scan(body, carry, iterations)
+
+        def train(carry, seeds, iteration):
             keys = jax.vmap(iteration_key, (0, None))(seeds, iteration)
-            carry, position, stats = jax.vmap(program.tune, (0, 0, None, None))(
-                keys, carry, code, ()
-            )
-            return carry, (position, stats)
+            keys = jax.vmap(jax.random.fold_in, (0, None))(keys, 0x7EA1)
+            if program.pooled_train is not None:
+                return program.pooled_train(keys[0], carry)
+            return jax.vmap(program.train)(keys, carry)
 
-        return jax.lax.scan(body, carry, (iterations, codes))
+        self.init = jax.jit(jax.vmap(lambda x: program.init(x, ())))
+        self.tune_chunk = jax.jit(tune_chunk, static_argnames="mode")
+        self.draw_chunk = jax.jit(draw_chunk, static_argnames="mode")
+        self.end_tune = jax.jit(program.pooled_end_tune or jax.vmap(program.end_tune))
+        self.train = None if program.train is None else jax.jit(train)
 
-    def draw_chunk(carry, seeds, iterations):
-        def body(carry, iteration):
-            keys = jax.vmap(iteration_key, (0, None))(seeds, iteration)
-            carry, position, stats = jax.vmap(program.draw, (0, 0, None))(keys, carry, ())
-            return carry, (position, stats)
+    def mode(self, carry) -> str:
+        return DEFAULT_MODE if self.program.mode_of is None else self.program.mode_of(carry)
 
-        return jax.lax.scan(body, carry, iterations)
-
-    end_tune = program.pooled_end_tune or jax.vmap(program.end_tune)
-    return (
-        jax.jit(jax.vmap(lambda x: program.init(x, ()))),
-        jax.jit(tune_chunk),
-        jax.jit(end_tune),
-        jax.jit(draw_chunk),
-    )
+    def tune_segments(self, tune: int, chunk: int) -> list[tuple[int, int, bool]]:
+        """(begin, end, train after end) pieces of warm-up, split where training happens."""
+        train_at = self.program.train_at
+        stops = {i + 1 for i in range(tune) if train_at is not None and train_at(i, tune)}
+        segments, begin = [], 0
+        for end in sorted(stops | set(range(chunk, tune, chunk)) | {tune}):
+            if end > begin:
+                segments.append((begin, end, end in stops))
+                begin = end
+        return segments
 
 
 def _to_chain_major(chunks: list[np.ndarray], chains: int, width: int) -> np.ndarray:
@@ -166,9 +190,10 @@ def sample(
     init_seeds = [int(s.generate_state(1)[0]) for s in seed_seq.spawn(chains)]
     positions = _initial_positions(model, target, chains, init_seeds, initvals, jitter)
 
-    init_fn, tune_fn, end_tune_fn, draw_fn = _batched(program)
+    runner = _BatchedProgram(program)
     seeds = jnp.asarray(chain_seeds, dtype=jnp.int64)
-    carry = init_fn(jnp.asarray(positions))
+    carry = runner.init(jnp.asarray(positions))
+    mode = runner.mode(carry)
 
     warm_positions: list[np.ndarray] = []
     warm_stats: list[np.ndarray] = []
@@ -180,15 +205,19 @@ def sample(
     tuning_time = sampling_time = 0.0
     try:
         start = time.perf_counter()
-        size = _chunk_size(tune, chunk_size) if tune else 0
-        for begin in range(0, tune, max(size, 1)):
-            end = min(begin + size, tune)
+        for begin, end, train_after in runner.tune_segments(tune, _chunk_size(tune, chunk_size) if tune else 1):
             iterations = jnp.arange(begin, end)
-            carry, (pos, st) = tune_fn(carry, seeds, iterations, jnp.asarray(codes[begin:end]))
+            carry, (pos, st) = runner.tune_chunk(
+                carry, seeds, iterations, jnp.asarray(codes[begin:end]), mode=mode
+            )
             warm_positions.append(np.asarray(pos))
             warm_stats.append(np.asarray(st))
+            if train_after:
+                carry = runner.train(carry, seeds, end - 1)
+                mode = runner.mode(carry)
             progress.update(end - begin, "warm-up")
-        carry = end_tune_fn(carry)
+        carry = runner.end_tune(carry)
+        mode = runner.mode(carry)
         jax.block_until_ready(carry)
         tuning_time = time.perf_counter() - start
 
@@ -197,7 +226,7 @@ def sample(
         for begin in range(0, draws, size):
             end = min(begin + size, draws)
             iterations = jnp.arange(tune + begin, tune + end)
-            carry, (pos, st) = draw_fn(carry, seeds, iterations)
+            carry, (pos, st) = runner.draw_chunk(carry, seeds, iterations, mode=mode)
             draw_positions.append(np.asarray(pos))
             draw_stats.append(np.asarray(st))
             progress.update(end - begin, "sampling")

@@ -34,9 +34,10 @@ from pymc.step_methods.compound import BlockedStep, Competence, StepMethodState
 from pymc.step_methods.state import dataclass_state
 from pymc.util import get_random_generator, get_value_vars_from_user_vars
 
+from pymc_neural_steps.adaptation import window_code
 from pymc_neural_steps.target import Target, build_target
 
-__all__ = ["ChainProgram", "NeuralStep", "NeuralStepState", "StatSpec"]
+__all__ = ["DEFAULT_MODE", "ChainProgram", "NeuralStep", "NeuralStepState", "StatSpec"]
 
 
 class StatSpec(NamedTuple):
@@ -57,14 +58,21 @@ class ChainProgram(NamedTuple):
     """One method as pure functions of a single chain (``vmap``-able over chains).
 
     ``init(position, extras) -> carry``
-    ``tune(key, carry, code, extras) -> (carry, position, stats)``   one warm-up iteration
-    ``end_tune(carry) -> carry``                                      freeze what was learned
-    ``draw(key, carry, extras) -> (carry, position, stats)``          one posterior draw
-    ``refresh(carry, position, extras) -> carry``                     adopt a position set
-                                                                      from outside (compound
-                                                                      steps, new extras)
-    ``stats`` is a float64 vector laid out as ``stat_specs``; ``code`` is the warm-up
-    window code of ``adaptation.window_code``.
+    ``tune(key, carry, code, extras, mode) -> (carry, position, stats)``  one warm-up iteration
+    ``end_tune(carry) -> carry``                                           freeze what was learned
+    ``draw(key, carry, extras, mode) -> (carry, position, stats)``         one posterior draw
+    ``refresh(carry, position, extras) -> carry``                          adopt a position set
+                                                                           from outside (compound
+                                                                           steps, new extras)
+    ``stats`` is a float64 vector laid out as ``stat_specs``; ``code`` is the warm-up window
+    code of ``adaptation.window_code``. ``mode`` is a static string chosen on the host
+    (``mode_of``): a method that switches kernels (true gradient -> surrogate) compiles one
+    version per mode instead of evaluating both under ``vmap``.
+
+    Learning happens between iterations, on the host's schedule: after warm-up iteration i,
+    if ``train_at(i, num_tune)`` (``num_tune`` is None when PyMC does not say), the drivers
+    call ``train(key, carry)`` per chain, or ``pooled_train(key, carry)`` once on the
+    batched carry of all chains where the method provides it (the fast driver).
     """
 
     init: Callable
@@ -73,9 +81,16 @@ class ChainProgram(NamedTuple):
     draw: Callable
     refresh: Callable
     stat_specs: tuple[StatSpec, ...]
-    # Optional: end warm-up with every chain's carry at once (e.g. one network trained on
-    # the pooled warm-up data of all chains). Takes and returns a batched carry.
+    # Optional: end warm-up with every chain's carry at once. Batched carry in and out.
     pooled_end_tune: Callable | None = None
+    train: Callable | None = None
+    pooled_train: Callable | None = None
+    train_at: Callable[[int, int | None], bool] | None = None
+    # carry (single or batched) -> mode name; "default" when absent.
+    mode_of: Callable[[Any], str] | None = None
+
+
+DEFAULT_MODE = "default"
 
 
 def _jax_backends_initialized() -> bool:
@@ -121,6 +136,7 @@ class NeuralStepState(StepMethodState):
     iteration: int
     num_tune: int | None
     seed: int
+    mode: str
     carry: Any = field(default=None)
 
 
@@ -169,6 +185,7 @@ class NeuralStep(BlockedStep):
         self.tune = True
         self.iteration = 0
         self.num_tune = None
+        self.mode = DEFAULT_MODE
         self.carry = None
         self._compiled: dict[str, Any] | None = None
 
@@ -192,12 +209,22 @@ class NeuralStep(BlockedStep):
         """Start a chain afresh: untuned, nothing learned."""
         self.iteration = 0
         self.carry = None
+        self.mode = DEFAULT_MODE
         self.tune = True
 
     def stop_tuning(self):
         if self.tune and self.carry is not None:
-            self.carry = self._functions()["end_tune"](self.carry)
+            self._end_tune()
         self.tune = False
+
+    def _end_tune(self):
+        fns = self._functions()
+        self.carry = fns["end_tune"](self.carry)
+        self._update_mode()
+
+    def _update_mode(self):
+        mode_of = self._functions()["program"].mode_of
+        self.mode = DEFAULT_MODE if mode_of is None else mode_of(self.carry)
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -217,21 +244,27 @@ class NeuralStep(BlockedStep):
             target = self._build_target()
             program = self._program(target)
 
-            def tune(seed, iteration, carry, position, code, extras):
+            def tune(seed, iteration, carry, position, code, extras, mode):
                 carry = program.refresh(carry, position, extras)
-                return program.tune(iteration_key(seed, iteration), carry, code, extras)
+                return program.tune(iteration_key(seed, iteration), carry, code, extras, mode)
 
-            def draw(seed, iteration, carry, position, extras):
+            def draw(seed, iteration, carry, position, extras, mode):
                 carry = program.refresh(carry, position, extras)
-                return program.draw(iteration_key(seed, iteration), carry, extras)
+                return program.draw(iteration_key(seed, iteration), carry, extras, mode)
+
+            def train(seed, iteration, carry):
+                # Training draws its randomness from a stream apart from the transitions'.
+                key = jax.random.fold_in(iteration_key(seed, iteration), 0x7EA1)
+                return program.train(key, carry)
 
             self._compiled = {
                 "target": target,
                 "program": program,
                 "init": jax.jit(program.init),
-                "tune": jax.jit(tune),
-                "draw": jax.jit(draw),
+                "tune": jax.jit(tune, static_argnames="mode"),
+                "draw": jax.jit(draw, static_argnames="mode"),
                 "end_tune": jax.jit(program.end_tune),
+                "train": None if program.train is None else jax.jit(train),
             }
         return self._compiled
 
@@ -248,17 +281,24 @@ class NeuralStep(BlockedStep):
         if self.carry is None:
             fns["target"].check_initial_point(position, extras)
             self.carry = fns["init"](position, extras)
+            self._update_mode()
             if not self.tune:  # tune=0: sample with the initial settings
-                self.carry = fns["end_tune"](self.carry)
-
-        from pymc_neural_steps.adaptation import window_code
+                self._end_tune()
 
         if self.tune:
             code = window_code(self.iteration, self.num_tune)
-            out = fns["tune"](self.seed, self.iteration, self.carry, position, code, extras)
+            out = fns["tune"](
+                self.seed, self.iteration, self.carry, position, code, extras, mode=self.mode
+            )
         else:
-            out = fns["draw"](self.seed, self.iteration, self.carry, position, extras)
+            out = fns["draw"](
+                self.seed, self.iteration, self.carry, position, extras, mode=self.mode
+            )
         self.carry, new_position, packed = out
+        program = fns["program"]
+        if self.tune and program.train_at is not None and program.train_at(self.iteration, self.num_tune):
+            self.carry = fns["train"](self.seed, self.iteration, self.carry)
+            self._update_mode()
         self.iteration += 1
 
         new_position, packed = np.asarray(new_position), np.asarray(packed)

@@ -17,7 +17,13 @@ import numpy as np
 
 from pymc_neural_steps import adaptation
 from pymc_neural_steps.kernels import hmc
-from pymc_neural_steps.steps.base import ChainProgram, NeuralStep, StatSpec, pack_stats
+from pymc_neural_steps.steps.base import (
+    DEFAULT_MODE,
+    ChainProgram,
+    NeuralStep,
+    StatSpec,
+    pack_stats,
+)
 from pymc_neural_steps.target import Target
 
 __all__ = ["JaxHMC", "hmc_program"]
@@ -103,7 +109,7 @@ def hmc_program(
         )
         return state, info, stats
 
-    def tune(key, carry, code, extras):
+    def tune(key, carry, code, extras, mode=DEFAULT_MODE):
         step_size = adaptation.current_step_size(carry.warmup)
         inverse_mass = carry.warmup.inverse_mass
         state, info, stats = transition(key, carry, step_size, inverse_mass, extras)
@@ -116,7 +122,7 @@ def hmc_program(
         step_size, inverse_mass = adaptation.warmup_final(carry.warmup)
         return carry._replace(step_size=step_size, inverse_mass=inverse_mass)
 
-    def draw(key, carry, extras):
+    def draw(key, carry, extras, mode=DEFAULT_MODE):
         state, _, stats = transition(key, carry, carry.step_size, carry.inverse_mass, extras)
         carry = carry._replace(state=state, refresh_evals=jnp.zeros((), int))
         return carry, state.position, stats
