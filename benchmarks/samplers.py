@@ -1,0 +1,201 @@
+"""The samplers the benchmark compares, in one registry.
+
+A :class:`Sampler` knows how to run itself on a PyMC model and which of its sample stats
+hold the acceptance probability and the number of true gradient evaluations per draw.
+``run`` returns the sampler's own result (what ``pm.sample`` returns, or nutpie's) with the
+wall-clock time of everything the user waits for: compilation, warm-up and sampling.
+
+Two factories cover every step method of this package, so a new method is one line::
+
+    register(via_pm_sample("nnghmc_pymc", lambda: pns.NNgHMC()))
+    register(via_fast_driver("nnghmc", lambda: pns.NNgHMC(), surrogate_stat="n_surrogate_evals"))
+
+Fairness: ``pm.sample`` and nutpie get ``cores`` (default 1), so every sampler computes on
+one core and chains run one after another (PyMC) or in one thread (nutpie), while the JAX
+samplers run all chains in one process (vmapped in ``pns.sample``). PyMC's NUTS is asked for
+explicitly with ``nuts_sampler="pymc"``: PyMC 6 otherwise hands NUTS to nutpie when nutpie
+is installed. Warm-up draws are kept so that warm-up gradients can be counted too.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pymc as pm
+
+import pymc_neural_steps as pns
+
+__all__ = [
+    "SAMPLERS",
+    "Clock",
+    "Run",
+    "Sampler",
+    "Settings",
+    "register",
+    "via_fast_driver",
+    "via_pm_sample",
+]
+
+
+@dataclass(frozen=True)
+class Settings:
+    draws: int
+    tune: int
+    chains: int
+    seed: int
+    cores: int = 1
+
+
+@dataclass
+class Run:
+    """What one sampler call produced and cost.
+
+    ``wall_time`` covers the whole call including compilation; ``compile_time`` is the part
+    of it spent in a separate compile call, for samplers that have one (nutpie), else None
+    (compilation then happens inside the sampling call and is part of ``wall_time``).
+    ``cpu_time`` is the process CPU time over the same span (all threads); cpu/wall shows
+    how many cores a sampler used and how much the machine's load slowed it down.
+    """
+
+    result: Any
+    wall_time: float
+    cpu_time: float
+    compile_time: float | None = None
+
+
+class Clock:
+    """Wall and process CPU time over a ``with`` block."""
+
+    def __enter__(self) -> Clock:
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall = time.perf_counter() - self._wall
+        self.cpu = time.process_time() - self._cpu
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """A sampler and where its stats live.
+
+    ``gradient_stat`` counts true gradient evaluations per draw (for NUTS: leapfrog steps,
+    one gradient each). ``surrogate_stat`` counts network/surrogate evaluations for methods
+    that have them; they are reported separately, never added to the gradients.
+    ``requires`` names modules that must be importable; a missing one makes the cell fail
+    with a note instead of stopping the run.
+    """
+
+    name: str
+    description: str
+    run: Callable[[pm.Model, Settings], Run]
+    acceptance_stat: str = "acceptance_rate"
+    gradient_stat: str = "n_grad_evals"
+    surrogate_stat: str | None = None
+    requires: tuple[str, ...] = ()
+
+    def missing_requirements(self) -> list[str]:
+        return [module for module in self.requires if importlib.util.find_spec(module) is None]
+
+
+SAMPLERS: dict[str, Sampler] = {}
+
+
+def register(sampler: Sampler) -> Sampler:
+    if sampler.name in SAMPLERS:
+        raise ValueError(f"sampler {sampler.name!r} is already registered")
+    SAMPLERS[sampler.name] = sampler
+    return sampler
+
+
+def _pm_sample(model: pm.Model, settings: Settings, make_step: Callable | None) -> Run:
+    with Clock() as clock, model:
+        step = make_step() if make_step is not None else None
+        result = pm.sample(
+            draws=settings.draws,
+            tune=settings.tune,
+            chains=settings.chains,
+            cores=settings.cores,
+            random_seed=settings.seed,
+            step=step,
+            nuts_sampler="pymc",
+            progressbar=False,
+            compute_convergence_checks=False,  # diagnostics are the benchmark's job, untimed
+            discard_tuned_samples=False,
+        )
+    return Run(result, clock.wall, clock.cpu)
+
+
+def via_pm_sample(name: str, make_step: Callable[[], Any], description: str = "", **stats) -> Sampler:
+    """A step method of this package run by ``pm.sample(step=make_step())``."""
+    return Sampler(
+        name,
+        description or f"{name}: pm.sample(step=...), PyMC's per-draw Python loop",
+        lambda model, settings: _pm_sample(model, settings, make_step),
+        **stats,
+    )
+
+
+def via_fast_driver(name: str, make_step: Callable[[], Any], description: str = "", **stats) -> Sampler:
+    """A step method of this package run by ``pns.sample``: chains vmapped, draws scanned."""
+
+    def run(model: pm.Model, settings: Settings) -> Run:
+        with Clock() as clock, model:
+            result = pns.sample(
+                make_step(),
+                draws=settings.draws,
+                tune=settings.tune,
+                chains=settings.chains,
+                random_seed=settings.seed,
+                progressbar=False,
+                discard_tuned_samples=False,
+            )
+        return Run(result, clock.wall, clock.cpu)
+
+    return Sampler(name, description or f"{name}: pns.sample, chains vmapped in jitted lax.scan chunks", run, **stats)
+
+
+def _run_nutpie(model: pm.Model, settings: Settings) -> Run:
+    import nutpie
+
+    with Clock() as compile_clock:
+        compiled = nutpie.compile_pymc_model(model)  # default numba backend
+    with Clock() as sample_clock:
+        result = nutpie.sample(
+            compiled,
+            draws=settings.draws,
+            tune=settings.tune,
+            chains=settings.chains,
+            cores=settings.cores,
+            seed=settings.seed,
+            progress_bar=False,
+            save_warmup=True,
+        )
+    return Run(
+        result,
+        wall_time=compile_clock.wall + sample_clock.wall,
+        cpu_time=compile_clock.cpu + sample_clock.cpu,
+        compile_time=compile_clock.wall,
+    )
+
+
+register(Sampler(
+    "pymc_nuts",
+    "PyMC's NUTS, default settings (pm.sample, nuts_sampler='pymc')",
+    lambda model, settings: _pm_sample(model, settings, None),
+    gradient_stat="n_steps",  # PyMC's tree_size: leapfrog steps, one gradient each
+))
+register(Sampler(
+    "nutpie",
+    "nutpie, default numba backend (compile_pymc_model + sample)",
+    _run_nutpie,
+    acceptance_stat="mean_tree_accept",
+    gradient_stat="n_steps",
+    requires=("nutpie",),
+))
+register(via_pm_sample("jaxhmc_pymc", pns.JaxHMC, "JaxHMC via pm.sample(step=pns.JaxHMC())"))
+register(via_fast_driver("jaxhmc", pns.JaxHMC, "JaxHMC via pns.sample (fast driver)"))
