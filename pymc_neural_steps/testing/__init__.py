@@ -1,0 +1,68 @@
+"""Reference posteriors and an exactness check for MCMC step methods, in the spirit of ``pymc.testing``.
+
+>>> import pymc as pm
+>>> from pymc_neural_steps.testing import check_exactness, eight_schools_noncentered
+>>> reference = eight_schools_noncentered()
+>>> with reference.build_model():
+...     idata = pm.sample(chains=2, random_seed=1)          # or step=NNgHMC(), ...
+>>> check_exactness(idata, reference).assert_passed()
+
+A :class:`Reference` holds a model builder and the posterior mean and sd of every scalar
+parameter, keyed ``"mu"``, ``"theta[0]"``, ``"rate[1, 0]"`` (0-based, constrained space), with
+their Monte Carlo standard errors. :func:`check_exactness` turns a sample into z-scores
+against it. ``REFERENCES`` maps each target's name to its factory.
+"""
+
+from pymc_neural_steps.testing.analytic import (
+    banana,
+    constrained,
+    correlated_gaussian,
+    funnel,
+    ill_conditioned_gaussian,
+    rotated_gaussian,
+    strongly_correlated_gaussian,
+)
+from pymc_neural_steps.testing.exactness import ExactnessReport, ZScore, check_exactness
+from pymc_neural_steps.testing.published import ark, eight_schools_noncentered, garch11, german_credit
+from pymc_neural_steps.testing.references import Moments, Reference, from_one_based, scalar_key, split_key
+
+REFERENCES = {
+    factory.__name__: factory
+    for factory in (
+        correlated_gaussian,
+        constrained,
+        eight_schools_noncentered,
+        garch11,
+        german_credit,
+        ark,
+        strongly_correlated_gaussian,
+        ill_conditioned_gaussian,
+        rotated_gaussian,
+        funnel,
+        banana,
+    )
+}
+"""Every reference factory by name; call one to get its :class:`Reference`."""
+
+__all__ = [
+    "REFERENCES",
+    "ExactnessReport",
+    "Moments",
+    "Reference",
+    "ZScore",
+    "ark",
+    "banana",
+    "check_exactness",
+    "constrained",
+    "correlated_gaussian",
+    "eight_schools_noncentered",
+    "from_one_based",
+    "funnel",
+    "garch11",
+    "german_credit",
+    "ill_conditioned_gaussian",
+    "rotated_gaussian",
+    "scalar_key",
+    "split_key",
+    "strongly_correlated_gaussian",
+]
