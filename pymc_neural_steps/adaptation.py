@@ -4,7 +4,13 @@ Pure functions of NamedTuple states, so the same code runs inside a PyMC step (o
 per call) and inside the jitted ``lax.scan`` of the fast driver.
 
 * Step size: Nesterov dual averaging as used by Hoffman & Gelman (2014, Alg. 5) with
-  Stan's constants (γ = 0.05, t₀ = 10, κ = 0.75, μ = log 10ε₀).
+  Stan's γ = 0.05, κ = 0.75 and μ = log 10ε₀, but t₀ = 50 instead of 10. The acceptance of
+  one static HMC trajectory of random length is a much noisier signal than NUTS's average
+  over a tree; with t₀ = 10 the iterates of the short terminal window swing over a factor
+  of ~5 and their average lands where the acceptance is ~0.95 rather than the target.
+  Measured with JaxHMC (4 chains x 1000 draws, target 0.8): acceptance 0.95 -> 0.88 and
+  ESS per gradient +33 % on a 10-d correlated Gaussian, 0.90 -> 0.87 and +11 % on eight
+  schools.
 * Mass matrix: Stan's windowed schedule. A fast initial buffer (step size only), slow
   windows that double in length and estimate the posterior variance with Welford's
   algorithm, and a fast terminal buffer. At the end of each slow window the inverse mass
@@ -77,7 +83,7 @@ def dual_averaging_update(
     acceptance: jax.Array,
     target: float | jax.Array = 0.8,
     gamma: float = 0.05,
-    t0: float = 10.0,
+    t0: float = 50.0,
     kappa: float = 0.75,
 ) -> DualAveragingState:
     acceptance = jnp.where(jnp.isfinite(acceptance), acceptance, 0.0)
