@@ -1,11 +1,11 @@
 """Neural-network MCMC step methods for PyMC, compiled to JAX and exact by Metropolis-Hastings.
 
 >>> with model:
-...     idata = pm.sample(step=JaxHMC())
+...     idata = pm.sample(step=NNgHMC())
 """
 
 from pymc_neural_steps.sampling import sample
-from pymc_neural_steps.steps import JaxHMC
+from pymc_neural_steps.steps import JaxHMC, L2HMC, NNgHMC, TrainedNNgHMC
 from pymc_neural_steps.target import (
     DiscreteVariableError,
     LayoutMismatchError,
@@ -18,8 +18,11 @@ __version__ = "0.1.0"
 __all__ = [
     "DiscreteVariableError",
     "JaxHMC",
+    "L2HMC",
     "LayoutMismatchError",
+    "NNgHMC",
     "NonFiniteInitialPointError",
+    "TrainedNNgHMC",
     "build_target",
     "sample",
 ]

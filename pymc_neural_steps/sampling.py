@@ -23,7 +23,13 @@ from pymc.initial_point import make_initial_point_fn
 
 from pymc_neural_steps import adaptation
 from pymc_neural_steps._compat import build_result
-from pymc_neural_steps.steps.base import DEFAULT_MODE, ChainProgram, NeuralStep, iteration_key
+from pymc_neural_steps.steps.base import (
+    DEFAULT_MODE,
+    TRAINING_TIME_STAT,
+    ChainProgram,
+    NeuralStep,
+    iteration_key,
+)
 from pymc_neural_steps.target import NonFiniteInitialPointError, Target
 
 __all__ = ["sample"]
@@ -116,6 +122,10 @@ class _BatchedProgram:
     def mode(self, carry) -> str:
         return DEFAULT_MODE if self.program.mode_of is None else self.program.mode_of(carry)
 
+    def done_training(self, carry) -> bool:
+        done = self.program.done_training
+        return done is not None and bool(done(carry))
+
     def tune_segments(self, tune: int, chunk: int) -> list[tuple[int, int, bool]]:
         """(begin, end, train after end) pieces of warm-up, split where training happens."""
         train_at = self.program.train_at
@@ -202,7 +212,21 @@ def sample(
     codes = adaptation.window_codes(tune) if tune > 0 else np.zeros(0, np.int8)
     progress = _Progress(tune + draws, chains, enabled=progressbar)
     interrupted = False
-    tuning_time = sampling_time = 0.0
+    tuning_time = sampling_time = training_time = 0.0
+    # Training wall time goes into the stats of the draw after the training, if the method
+    # reports it (a host measurement; the program packs a placeholder).
+    names = [spec.name for spec in program.stat_specs]
+    time_column = names.index(TRAINING_TIME_STAT) if TRAINING_TIME_STAT in names else None
+    pending_time = 0.0
+
+    def host_stats(st):
+        nonlocal pending_time
+        st = np.array(st)
+        if time_column is not None and len(st):
+            st[0, :, time_column] = pending_time
+            pending_time = 0.0
+        return st
+
     try:
         start = time.perf_counter()
         for begin, end, train_after in runner.tune_segments(tune, _chunk_size(tune, chunk_size) if tune else 1):
@@ -211,15 +235,27 @@ def sample(
                 carry, seeds, iterations, jnp.asarray(codes[begin:end]), mode=mode
             )
             warm_positions.append(np.asarray(pos))
-            warm_stats.append(np.asarray(st))
-            if train_after:
-                carry = runner.train(carry, seeds, end - 1)
+            warm_stats.append(host_stats(st))
+            if train_after and not runner.done_training(carry):
+                train_start = time.perf_counter()
+                carry = jax.block_until_ready(runner.train(carry, seeds, end - 1))
+                elapsed = time.perf_counter() - train_start
+                training_time += elapsed
+                pending_time += elapsed
                 mode = runner.mode(carry)
             progress.update(end - begin, "warm-up")
+        while program.train_pending is not None and program.train_pending(carry):
+            train_start = time.perf_counter()
+            carry = jax.block_until_ready(runner.train(carry, seeds, max(tune - 1, 0)))
+            elapsed = time.perf_counter() - train_start
+            training_time += elapsed
+            pending_time += elapsed
         carry = runner.end_tune(carry)
         mode = runner.mode(carry)
         jax.block_until_ready(carry)
         tuning_time = time.perf_counter() - start
+        step.training_time += training_time
+        step._tuned(carry, batched=True)
 
         start = time.perf_counter()
         size = _chunk_size(draws, chunk_size)
@@ -228,7 +264,7 @@ def sample(
             iterations = jnp.arange(tune + begin, tune + end)
             carry, (pos, st) = runner.draw_chunk(carry, seeds, iterations, mode=mode)
             draw_positions.append(np.asarray(pos))
-            draw_stats.append(np.asarray(st))
+            draw_stats.append(host_stats(st))
             progress.update(end - begin, "sampling")
         sampling_time = time.perf_counter() - start
     except KeyboardInterrupt:
@@ -253,6 +289,7 @@ def sample(
         "tuning_steps": tune,
         "sampling_time": sampling_time,
         "tuning_time": tuning_time,
+        "training_time": training_time,
         "total_time": time.perf_counter() - wall_start,
         "step_method": type(step).__name__,
         "interrupted": int(interrupted),

@@ -56,6 +56,7 @@ __all__ = [
     "NonFiniteInitialPointError",
     "Target",
     "VariableLayout",
+    "build_layout",
     "build_target",
 ]
 
@@ -202,6 +203,10 @@ class Target:
     initial_extras: tuple[np.ndarray, ...]
     # (x, extras) -> {model term name: its log density}, for error messages only
     term_logps: Callable[..., dict[str, float]] | None = None
+    # (x, extras) -> (log prior, log likelihood, log potential) from ONE graph evaluation;
+    # ``logdensity`` is their sum in this order. For methods that need the parts and their
+    # gradients separately without evaluating an expensive likelihood twice (NNgHMC).
+    density_terms: Callable[..., tuple[jax.Array, jax.Array, jax.Array]] | None = None
 
     @property
     def dim(self) -> int:
@@ -280,6 +285,62 @@ def _sum_or_zero(terms) -> pt.TensorVariable:
     return pt.sum([pt.sum(t) for t in terms])
 
 
+def _sampled_value_vars(model: pm.Model, vars: Sequence | None) -> list:  # noqa: A002
+    all_value_vars = list(model.value_vars)
+    if vars is None:
+        discrete = [v.name for v in all_value_vars if _is_discrete(v)]
+        if discrete:
+            raise DiscreteVariableError(
+                f"The model has discrete free variables {discrete}, which gradient-based "
+                "step methods cannot sample. Give this step method only the continuous "
+                "variables (vars=...) and let pm.sample assign another step method "
+                "(e.g. pm.Metropolis) to the discrete ones."
+            )
+        value_vars = all_value_vars
+    else:
+        value_vars = pm.util.get_value_vars_from_user_vars(list(vars), model)
+        discrete = [v.name for v in value_vars if _is_discrete(v)]
+        if discrete:
+            raise DiscreteVariableError(
+                f"Variables {discrete} are discrete; gradient-based step methods can only "
+                "be assigned continuous variables."
+            )
+    if not value_vars:
+        raise ValueError("No continuous free variables to sample.")
+    return value_vars
+
+
+def build_layout(
+    model: pm.Model | None = None,
+    vars: Sequence | None = None,  # noqa: A002 -- PyMC's own name for it
+    *,
+    initial_point: dict[str, np.ndarray] | None = None,
+) -> Layout:
+    """The ``Layout`` that ``build_target`` would give, without compiling anything.
+
+    Cheap enough to call in a step method's constructor, e.g. to refuse a trained kernel
+    for a model whose parameters differ before any sampling starts.
+    """
+    model = pm.modelcontext(model)
+    value_vars = _sampled_value_vars(model, vars)
+    if initial_point is None:
+        initial_point = model.initial_point()
+    variables, start = [], 0
+    for v in value_vars:
+        shape = tuple(int(s) for s in np.shape(initial_point[v.name]))
+        layout_var = VariableLayout(
+            name=v.name,
+            rv_name=model.values_to_rvs[v].name,
+            shape=shape,
+            start=start,
+            transform=_transform_name(model, v),
+        )
+        variables.append(layout_var)
+        start = layout_var.stop
+    extra_vars = [v for v in model.value_vars if v not in value_vars]
+    return Layout(tuple(variables), extra_names=tuple(v.name for v in extra_vars))
+
+
 def build_target(
     model: pm.Model | None = None,
     vars: Sequence | None = None,  # noqa: A002 -- PyMC's own name for it
@@ -302,45 +363,12 @@ def build_target(
     Shared variables (``pm.Data``) are read once, here: call again after ``pm.set_data``.
     """
     model = pm.modelcontext(model)
-    all_value_vars = list(model.value_vars)
-    if vars is None:
-        discrete = [v.name for v in all_value_vars if _is_discrete(v)]
-        if discrete:
-            raise DiscreteVariableError(
-                f"The model has discrete free variables {discrete}, which gradient-based "
-                "step methods cannot sample. Give this step method only the continuous "
-                "variables (vars=...) and let pm.sample assign another step method "
-                "(e.g. pm.Metropolis) to the discrete ones."
-            )
-        value_vars = all_value_vars
-    else:
-        value_vars = pm.util.get_value_vars_from_user_vars(list(vars), model)
-        discrete = [v.name for v in value_vars if _is_discrete(v)]
-        if discrete:
-            raise DiscreteVariableError(
-                f"Variables {discrete} are discrete; gradient-based step methods can only "
-                "be assigned continuous variables."
-            )
-    if not value_vars:
-        raise ValueError("No continuous free variables to sample.")
-
+    value_vars = _sampled_value_vars(model, vars)
     if initial_point is None:
         initial_point = model.initial_point()
-    extra_vars = [v for v in all_value_vars if v not in value_vars]
-
-    variables, start = [], 0
-    for v in value_vars:
-        shape = tuple(int(s) for s in np.shape(initial_point[v.name]))
-        layout_var = VariableLayout(
-            name=v.name,
-            rv_name=model.values_to_rvs[v].name,
-            shape=shape,
-            start=start,
-            transform=_transform_name(model, v),
-        )
-        variables.append(layout_var)
-        start = layout_var.stop
-    layout = Layout(tuple(variables), extra_names=tuple(v.name for v in extra_vars))
+    extra_vars = [v for v in model.value_vars if v not in value_vars]
+    layout = build_layout(model, vars, initial_point=initial_point)
+    variables = layout.variables
 
     # The flat input replaces each sampled value variable by a reshaped slice of x.
     x = pt.vector("x", dtype="float64")
@@ -408,4 +436,5 @@ def build_target(
         initial_position=initial_position,
         initial_extras=initial_extras,
         term_logps=term_logps,
+        density_terms=_density_terms,
     )

@@ -2,5 +2,7 @@
 
 from pymc_neural_steps.steps.base import ChainProgram, NeuralStep
 from pymc_neural_steps.steps.hmc import JaxHMC
+from pymc_neural_steps.steps.l2hmc import L2HMC
+from pymc_neural_steps.steps.nnghmc import NNgHMC, TrainedNNgHMC
 
-__all__ = ["ChainProgram", "JaxHMC", "NeuralStep"]
+__all__ = ["ChainProgram", "JaxHMC", "L2HMC", "NNgHMC", "NeuralStep", "TrainedNNgHMC"]

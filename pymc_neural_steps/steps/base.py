@@ -22,6 +22,7 @@ does not survive a ``fork`` after it has started threads.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import field
 from typing import Any, ClassVar, NamedTuple
@@ -37,13 +38,24 @@ from pymc.util import get_random_generator, get_value_vars_from_user_vars
 from pymc_neural_steps.adaptation import window_code
 from pymc_neural_steps.target import Target, build_target
 
-__all__ = ["DEFAULT_MODE", "ChainProgram", "NeuralStep", "NeuralStepState", "StatSpec"]
+__all__ = [
+    "DEFAULT_MODE",
+    "TRAINING_TIME_STAT",
+    "ChainProgram",
+    "NeuralStep",
+    "NeuralStepState",
+    "StatSpec",
+]
 
 
 class StatSpec(NamedTuple):
     name: str
     dtype: type
 
+
+# A stat that the drivers fill on the host (the program packs a placeholder): wall seconds
+# spent in training runs since the previous draw, reported on the draw after the training.
+TRAINING_TIME_STAT = "training_time"
 
 # Stats every method reports, in this order at the start of its packed stats vector.
 COMMON_STATS = (
@@ -72,7 +84,12 @@ class ChainProgram(NamedTuple):
     Learning happens between iterations, on the host's schedule: after warm-up iteration i,
     if ``train_at(i, num_tune)`` (``num_tune`` is None when PyMC does not say), the drivers
     call ``train(key, carry)`` per chain, or ``pooled_train(key, carry)`` once on the
-    batched carry of all chains where the method provides it (the fast driver).
+    batched carry of all chains where the method provides it (the fast driver), unless
+    ``done_training(carry)`` (a host-side check, single or batched carry) says that
+    learning has finished. When warm-up ends, before ``end_tune``, the drivers keep calling
+    ``train`` / ``pooled_train`` while ``train_pending(carry)`` says that training is owed
+    (a budget that a short or open-ended warm-up did not spend): the same compiled
+    function finishes it, and its time counts as training time.
     """
 
     init: Callable
@@ -88,6 +105,10 @@ class ChainProgram(NamedTuple):
     train_at: Callable[[int, int | None], bool] | None = None
     # carry (single or batched) -> mode name; "default" when absent.
     mode_of: Callable[[Any], str] | None = None
+    # carry (single or batched) -> whether to skip the remaining training runs.
+    done_training: Callable[[Any], bool] | None = None
+    # carry (single or batched) -> whether training is owed when warm-up ends.
+    train_pending: Callable[[Any], bool] | None = None
 
 
 DEFAULT_MODE = "default"
@@ -187,6 +208,9 @@ class NeuralStep(BlockedStep):
         self.num_tune = None
         self.mode = DEFAULT_MODE
         self.carry = None
+        # Wall seconds spent in training runs by this object (all chains it ran, both drivers).
+        self.training_time = 0.0
+        self._pending_training_time = 0.0
         self._compiled: dict[str, Any] | None = None
 
     # --- PyMC contract -----------------------------------------------------------------
@@ -211,6 +235,7 @@ class NeuralStep(BlockedStep):
         self.carry = None
         self.mode = DEFAULT_MODE
         self.tune = True
+        self._pending_training_time = 0.0
 
     def stop_tuning(self):
         if self.tune and self.carry is not None:
@@ -219,8 +244,24 @@ class NeuralStep(BlockedStep):
 
     def _end_tune(self):
         fns = self._functions()
+        pending = fns["program"].train_pending
+        while pending is not None and pending(self.carry):
+            start = time.perf_counter()
+            self.carry = jax.block_until_ready(fns["train"](self.seed, self.iteration, self.carry))
+            elapsed = time.perf_counter() - start
+            self.training_time += elapsed
+            self._pending_training_time += elapsed
         self.carry = fns["end_tune"](self.carry)
         self._update_mode()
+        self._tuned(self.carry, batched=False)
+
+    def _tuned(self, carry, *, batched: bool) -> None:
+        """Host-side hook, called by both drivers when warm-up ends, with the final carry.
+
+        ``batched``: the carry holds every chain (leading axis; the fast driver) rather than
+        one chain (``pm.sample``). Methods that learn override it to keep what was learned
+        and to warn when learning failed.
+        """
 
     def _update_mode(self):
         mode_of = self._functions()["program"].mode_of
@@ -257,14 +298,17 @@ class NeuralStep(BlockedStep):
                 key = jax.random.fold_in(iteration_key(seed, iteration), 0x7EA1)
                 return program.train(key, carry)
 
+            # The carry is donated: a learning method's carry holds megabytes of training
+            # data, which would otherwise be copied on every draw. ``self.carry`` is its only
+            # holder (PyMC's sampling state is copied before the first draw, while it is None).
             self._compiled = {
                 "target": target,
                 "program": program,
                 "init": jax.jit(program.init),
-                "tune": jax.jit(tune, static_argnames="mode"),
-                "draw": jax.jit(draw, static_argnames="mode"),
-                "end_tune": jax.jit(program.end_tune),
-                "train": None if program.train is None else jax.jit(train),
+                "tune": jax.jit(tune, static_argnames="mode", donate_argnames="carry"),
+                "draw": jax.jit(draw, static_argnames="mode", donate_argnames="carry"),
+                "end_tune": jax.jit(program.end_tune, donate_argnums=0),
+                "train": None if program.train is None else jax.jit(train, donate_argnames="carry"),
             }
         return self._compiled
 
@@ -295,17 +339,30 @@ class NeuralStep(BlockedStep):
                 self.seed, self.iteration, self.carry, position, extras, mode=self.mode
             )
         self.carry, new_position, packed = out
-        program = fns["program"]
-        if self.tune and program.train_at is not None and program.train_at(self.iteration, self.num_tune):
-            self.carry = fns["train"](self.seed, self.iteration, self.carry)
-            self._update_mode()
-        self.iteration += 1
-
         new_position, packed = np.asarray(new_position), np.asarray(packed)
         stats = {
             spec.name: spec.dtype(value)
             for spec, value in zip(self.stat_specs(), packed, strict=True)
         }
+        if TRAINING_TIME_STAT in stats:
+            stats[TRAINING_TIME_STAT] = float(self._pending_training_time)
+        self._pending_training_time = 0.0
+
+        program = fns["program"]
+        if (
+            self.tune
+            and program.train_at is not None
+            and program.train_at(self.iteration, self.num_tune)
+            and not (program.done_training is not None and program.done_training(self.carry))
+        ):
+            start = time.perf_counter()
+            self.carry = jax.block_until_ready(fns["train"](self.seed, self.iteration, self.carry))
+            elapsed = time.perf_counter() - start
+            self.training_time += elapsed
+            self._pending_training_time += elapsed
+            self._update_mode()
+        self.iteration += 1
+
         new_point = dict(point)
         new_point.update(layout.unravel(new_position))
         return new_point, [stats]
