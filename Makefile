@@ -16,13 +16,16 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 example: $(VENV)/.installed
-	$(VENV)/bin/python examples/quickstart.py
+	$(VENV)/bin/python examples/nnghmc_speedup.py
 
 test: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
+# bench: every default target and sampler (< 45 min), the overhead check, figures; writes
+# docs/benchmarks.md, docs/benchmarks.json, docs/*.png and benchmarks/results/<stamp>-*.
+# bench-quick: the quick targets, short chains (< 5 min); writes benchmarks/results/ only.
 bench: $(VENV)/.installed
-	$(VENV)/bin/python -m benchmarks
+	$(VENV)/bin/python -m benchmarks --docs docs
 
 bench-quick: $(VENV)/.installed
 	$(VENV)/bin/python -m benchmarks --quick

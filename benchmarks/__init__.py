@@ -2,18 +2,21 @@
 
 Run from the repository root::
 
-    python -m benchmarks --quick          # three targets, short chains, ~1-2 minutes
-    python -m benchmarks                  # every default target, 4 chains x 2000 draws
-    python -m benchmarks --targets gaussian_10d,garch11 --samplers pymc_nuts,jaxhmc
-    python -m benchmarks --list           # what is registered
+    python -m benchmarks --quick          # two targets, short chains, under 5 minutes
+    python -m benchmarks --docs docs      # the full suite (make bench): every default target, < 45 minutes
+    python -m benchmarks --targets banana,garch11 --samplers pymc_nuts,jaxhmc
+    python -m benchmarks --list           # what is registered, with each target's run length
+    python -m benchmarks.plots RESULTS.json --out docs   # redraw a run's figures
 
-For every (target, sampler) it prints min bulk and tail ESS, ESS per gradient evaluation,
-ESS per second of total wall time, acceptance, divergences, max |z| against the target's
-reference and max R-hat, then the per-draw cost of ``JaxHMC`` under ``pm.sample`` versus
-``pns.sample``; results go to ``benchmarks/results/`` as JSON and Markdown.
+For every (target, sampler) it reports min bulk and tail ESS, ESS per MH step, ESS per
+gradient evaluation (draw phase, and with warm-up and training), ESS per second (draw phase,
+and total wall time), acceptance, divergences, max R-hat and max |z| against the target's
+reference; the full run adds the per-draw cost of ``JaxHMC`` under ``pm.sample`` versus
+``pns.sample``. Results go to ``benchmarks/results/`` as JSON and Markdown, with figures.
 
 Targets live in ``targets.py`` (``TARGETS``), samplers in ``samplers.py`` (``SAMPLERS``);
 adding either is one ``register(...)`` line. ``metrics.py`` turns a result into a row,
+``artifacts.py`` keeps traces and training curves, ``plots.py`` draws the figures,
 ``overhead.py`` holds the driver comparison, ``report.py`` the tables and files.
 """
 

@@ -5,11 +5,23 @@ every scalar of the posterior (free variables in the constrained space and Deter
 nutpie's extra ``*_log__`` copies are left out). Costs follow ``docs/algorithms.md``:
 
 * ESS per gradient: min bulk ESS over the number of true gradient evaluations of the draw
-  phase, summed over chains (``ess_per_grad``); the same including warm-up
+  phase, summed over chains (``ess_per_grad``); the same including warm-up and training
   (``ess_per_grad_total``). Surrogate/network evaluations are counted separately.
-* ESS per second: min bulk ESS over the wall time of the whole call, compilation, warm-up
-  and sampling included.
-* ESS per draw: min bulk ESS over chains × draws (per MH step for one-MH-per-draw methods).
+* ESS per second: min bulk ESS over the wall time of the draw phase (``ess_per_second_sampling``)
+  and of the whole call, compilation, warm-up and training included (``ess_per_second``).
+* ESS per MH step: min bulk ESS over chains × draws (every method here makes one MH test,
+  or one NUTS transition, per draw).
+
+Training gradients. The learned samplers train during warm-up; what their training costs in
+true gradients is read from their stats:
+
+* a ``training_grad_evals`` stat (L2HMC, EntropyFlowMC: forward gradients of the training
+  ensemble), summed over warm-up and draws, is added to the total;
+* NNgHMC (recognised by its ``n_surrogate_evals`` stat) fits its network on the pairs its
+  warm-up trajectories recorded, so those gradients are already in warm-up ``n_grad_evals``,
+  and its assessments' gradients are added to ``n_grad_evals`` by the step itself;
+* a sampler that trains (a ``training``/``training_*`` stat) but reports neither leaves its
+  total incomplete: ``ess_per_grad_total_complete`` is False and the table marks the cell.
 
 max |z| is :func:`pymc_neural_steps.testing.check_exactness` against the target's reference.
 Everything here works on plain ``xarray.Dataset`` groups, so it is the same code for
@@ -30,7 +42,7 @@ import xarray as xr
 from pymc_neural_steps._compat import group_dataset, has_group
 from pymc_neural_steps.testing import Reference, check_exactness, scalar_key
 
-__all__ = ["Groups", "cell_metrics", "min_over_scalars", "result_groups"]
+__all__ = ["Groups", "cell_metrics", "min_over_scalars", "result_groups", "training_gradients", "training_time"]
 
 
 class Groups(NamedTuple):
@@ -77,6 +89,41 @@ def _ratio(numerator: float, denominator: float | None) -> float:
     return numerator / denominator
 
 
+TRAINING_GRAD_STAT = "training_grad_evals"
+# Stats that show a sampler trains during warm-up (any of them present).
+_TRAINING_STATS = ("training", "training_loss", "training_steps", "training_time")
+# NNgHMC's own stat: its training fits pairs recorded on warm-up trajectories.
+_SURROGATE_STAT = "n_surrogate_evals"
+
+
+def _has(stats: xr.Dataset | None, name: str) -> bool:
+    return stats is not None and name in stats
+
+
+def training_gradients(groups: Groups, gradient_stat: str) -> tuple[float, bool, str]:
+    """(true gradients spent on training beyond ``gradient_stat``, whether that is complete, how known)."""
+    warm, draw = groups.warmup_sample_stats, groups.sample_stats
+    if _has(warm, TRAINING_GRAD_STAT) or _has(draw, TRAINING_GRAD_STAT):
+        total = sum(_stat_total(s, TRAINING_GRAD_STAT) or 0.0 for s in (warm, draw))
+        return total, True, f"{TRAINING_GRAD_STAT} stat"
+    if _has(draw, _SURROGATE_STAT):
+        return 0.0, True, f"training data recorded on warm-up trajectories: in {gradient_stat}"
+    if any(_has(s, name) for s in (warm, draw) for name in _TRAINING_STATS):
+        return 0.0, False, "the sampler trains but reports no training gradients"
+    return 0.0, True, "no training"
+
+
+def training_time(groups: Groups) -> float | None:
+    """Training wall time: the fast driver's attribute, else the sum of ``training_time`` stats."""
+    attrs = groups.posterior.attrs
+    if "training_time" in attrs:
+        return float(attrs["training_time"])
+    stats = [s for s in (groups.warmup_sample_stats, groups.sample_stats) if _has(s, "training_time")]
+    if not stats:
+        return None
+    return float(sum(np.nansum(np.asarray(s["training_time"].values, dtype=float)) for s in stats))
+
+
 def cell_metrics(
     groups: Groups,
     *,
@@ -88,6 +135,7 @@ def cell_metrics(
     wall_time: float,
     cpu_time: float | None = None,
     compile_time: float | None = None,
+    sampling_time: float | None = None,
 ) -> dict[str, Any]:
     """Every number of one (target, sampler) cell, as a JSON-ready dict."""
     names = [name for name in var_names if name in groups.posterior.data_vars]
@@ -105,6 +153,8 @@ def cell_metrics(
     if grads is None:
         raise KeyError(f"gradient stat {gradient_stat!r} not in sample_stats ({list(stats.data_vars)})")
     warmup_grads = _stat_total(groups.warmup_sample_stats, gradient_stat)
+    train_grads, train_complete, train_source = training_gradients(groups, gradient_stat)
+    total_grads = None if warmup_grads is None else grads + warmup_grads + train_grads
     surrogates = _stat_total(stats, surrogate_stat)
     acceptance = float(np.asarray(stats[acceptance_stat].values, dtype=float).mean()) if acceptance_stat in stats else math.nan
     divergences = int(np.asarray(stats["diverging"].values).sum()) if "diverging" in stats else None
@@ -119,18 +169,26 @@ def cell_metrics(
         "r_hat_max": r_hat,
         "r_hat_param": r_hat_key,
         "ess_per_draw": ess_bulk / (chains * draws),
+        "ess_per_step": ess_bulk / (chains * draws),
         "grad_evals": grads,
         "grad_evals_warmup": warmup_grads,
+        "grad_evals_training": train_grads,
+        "grad_evals_total": total_grads,
+        "training_grads_source": train_source,
         "grad_evals_per_draw": grads / (chains * draws),
         "ess_per_grad": _ratio(ess_bulk, grads),
         "ess_tail_per_grad": _ratio(ess_tail, grads),
-        "ess_per_grad_total": _ratio(ess_bulk, None if warmup_grads is None else grads + warmup_grads),
+        "ess_per_grad_total": _ratio(ess_bulk, total_grads),
+        "ess_per_grad_total_complete": bool(train_complete and total_grads is not None),
         "surrogate_evals": surrogates,
         "ess_per_second": _ratio(ess_bulk, wall_time),
         "ess_tail_per_second": _ratio(ess_tail, wall_time),
+        "ess_per_second_sampling": _ratio(ess_bulk, sampling_time),
         "acceptance": acceptance,
         "divergences": divergences,
         "wall_time": wall_time,
+        "sampling_time": sampling_time,
+        "training_time": training_time(groups),
         "cpu_time": cpu_time,
         "compile_time": compile_time,
         "max_abs_z": math.nan,
@@ -138,7 +196,9 @@ def cell_metrics(
         "exactness_passed": None,
         "exactness_problems": [],
     }
-    if reference is not None:
+    if reference is not None and len(reference) == 0:
+        metrics["exactness_problems"] = ["no reference moments: nothing checked"]
+    elif reference is not None:
         report = check_exactness(groups.posterior, reference)
         worst = report.worst(1)
         metrics.update(

@@ -3,7 +3,8 @@
 A :class:`Sampler` knows how to run itself on a PyMC model and which of its sample stats
 hold the acceptance probability and the number of true gradient evaluations per draw.
 ``run`` returns the sampler's own result (what ``pm.sample`` returns, or nutpie's) with the
-wall-clock time of everything the user waits for: compilation, warm-up and sampling.
+wall-clock time of everything the user waits for (compilation, warm-up, training and
+sampling), the time of the draw phase alone, and the step object it ran (for the plots).
 
 Two factories cover every step method of this package, so a new method is one line::
 
@@ -15,12 +16,22 @@ one core and chains run one after another (PyMC) or in one thread (nutpie), whil
 samplers run all chains in one process (vmapped in ``pns.sample``). PyMC's NUTS is asked for
 explicitly with ``nuts_sampler="pymc"``: PyMC 6 otherwise hands NUTS to nutpie when nutpie
 is installed. Warm-up draws are kept so that warm-up gradients can be counted too.
+
+Draw-phase time ("sampling only"): ``pns.sample`` measures it itself (``sampling_time`` in
+the result's attributes: the draw chunks, their compilation included); under ``pm.sample`` a
+callback stamps the last warm-up and the last draw of every chain (chains run one after
+another with ``cores=1``); nutpie reports no timings, so its draw-phase time is estimated as
+its sampling wall time times the draw phase's share of its gradient evaluations.
+
+``default=False`` keeps a sampler out of runs that name no samplers (it still runs when
+named with ``--samplers``).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,13 +39,16 @@ from typing import Any
 import pymc as pm
 
 import pymc_neural_steps as pns
+from pymc_neural_steps._compat import group_dataset
 
 __all__ = [
     "SAMPLERS",
     "Clock",
+    "PhaseClock",
     "Run",
     "Sampler",
     "Settings",
+    "default_samplers",
     "register",
     "via_fast_driver",
     "via_pm_sample",
@@ -59,12 +73,17 @@ class Run:
     (compilation then happens inside the sampling call and is part of ``wall_time``).
     ``cpu_time`` is the process CPU time over the same span (all threads); cpu/wall shows
     how many cores a sampler used and how much the machine's load slowed it down.
+    ``sampling_time`` is the draw phase alone (None when unknown; ``sampling_time_source``
+    says how it was obtained). ``step`` is the step method object, if any.
     """
 
     result: Any
     wall_time: float
     cpu_time: float
     compile_time: float | None = None
+    sampling_time: float | None = None
+    sampling_time_source: str = ""
+    step: Any = None
 
 
 class Clock:
@@ -97,6 +116,7 @@ class Sampler:
     gradient_stat: str = "n_grad_evals"
     surrogate_stat: str | None = None
     requires: tuple[str, ...] = ()
+    default: bool = True
 
     def missing_requirements(self) -> list[str]:
         return [module for module in self.requires if importlib.util.find_spec(module) is None]
@@ -112,7 +132,41 @@ def register(sampler: Sampler) -> Sampler:
     return sampler
 
 
+class PhaseClock:
+    """A ``pm.sample`` callback: per chain, the time of its last warm-up and last draw.
+
+    With ``cores=1`` chains run one after another, so the draw phase of the whole call is
+    the sum over chains of (last draw - last warm-up iteration). Without warm-up the first
+    draw's stamp stands in for the start (one draw of the chain goes uncounted).
+    """
+
+    def __init__(self):
+        self.last_tune: dict[int, float] = {}
+        self.first_draw: dict[int, float] = {}
+        self.last_draw: dict[int, float] = {}
+        self.draws: dict[int, int] = defaultdict(int)
+
+    def __call__(self, trace, draw) -> None:
+        now = time.perf_counter()
+        if draw.tuning:
+            self.last_tune[draw.chain] = now
+        else:
+            self.first_draw.setdefault(draw.chain, now)
+            self.last_draw[draw.chain] = now
+            self.draws[draw.chain] += 1
+
+    def draw_phase(self) -> float | None:
+        if not self.last_draw:
+            return None
+        return sum(end - self.last_tune.get(chain, self.first_draw[chain]) for chain, end in self.last_draw.items())
+
+
+def default_samplers() -> list[str]:
+    return [name for name, sampler in SAMPLERS.items() if sampler.default]
+
+
 def _pm_sample(model: pm.Model, settings: Settings, make_step: Callable | None) -> Run:
+    phases = PhaseClock()
     with Clock() as clock, model:
         step = make_step() if make_step is not None else None
         result = pm.sample(
@@ -126,11 +180,13 @@ def _pm_sample(model: pm.Model, settings: Settings, make_step: Callable | None) 
             progressbar=False,
             compute_convergence_checks=False,  # diagnostics are the benchmark's job, untimed
             discard_tuned_samples=False,
+            callback=phases,
         )
-    return Run(result, clock.wall, clock.cpu)
+    return Run(result, clock.wall, clock.cpu, sampling_time=phases.draw_phase(),
+               sampling_time_source="pm.sample callback: last warm-up to last draw, per chain", step=step)
 
 
-def via_pm_sample(name: str, make_step: Callable[[], Any], description: str = "", **stats) -> Sampler:
+def via_pm_sample(name: str, make_step: Callable[[], Any], description: str = "", **stats: Any) -> Sampler:
     """A step method of this package run by ``pm.sample(step=make_step())``."""
     return Sampler(
         name,
@@ -140,13 +196,14 @@ def via_pm_sample(name: str, make_step: Callable[[], Any], description: str = ""
     )
 
 
-def via_fast_driver(name: str, make_step: Callable[[], Any], description: str = "", **stats) -> Sampler:
+def via_fast_driver(name: str, make_step: Callable[[], Any], description: str = "", **stats: Any) -> Sampler:
     """A step method of this package run by ``pns.sample``: chains vmapped, draws scanned."""
 
     def run(model: pm.Model, settings: Settings) -> Run:
         with Clock() as clock, model:
+            step = make_step()
             result = pns.sample(
-                make_step(),
+                step,
                 draws=settings.draws,
                 tune=settings.tune,
                 chains=settings.chains,
@@ -154,16 +211,34 @@ def via_fast_driver(name: str, make_step: Callable[[], Any], description: str = 
                 progressbar=False,
                 discard_tuned_samples=False,
             )
-        return Run(result, clock.wall, clock.cpu)
+        attrs = group_dataset(result, "posterior").attrs
+        sampling_time = float(attrs["sampling_time"]) if "sampling_time" in attrs else None
+        return Run(result, clock.wall, clock.cpu, sampling_time=sampling_time,
+                   sampling_time_source="pns.sample's sampling_time: draw chunks incl. their compilation", step=step)
 
     return Sampler(name, description or f"{name}: pns.sample, chains vmapped in jitted lax.scan chunks", run, **stats)
 
 
-def _run_nutpie(model: pm.Model, settings: Settings) -> Run:
+def _gradient_share(result, stat: str = "n_steps") -> float | None:
+    """The draw phase's share of all gradient evaluations of a run (warm-up kept)."""
+    try:
+        draw = float(group_dataset(result, "sample_stats")[stat].sum())
+        warm = float(group_dataset(result, "warmup_sample_stats")[stat].sum())
+    except (KeyError, AttributeError):
+        return None
+    return draw / (draw + warm) if draw + warm > 0 else None
+
+
+def _run_nutpie(model: pm.Model, settings: Settings, *, flow: bool = False) -> Run:
     import nutpie
 
     with Clock() as compile_clock:
-        compiled = nutpie.compile_pymc_model(model)  # default numba backend
+        if flow:
+            # nutpie's normalising-flow adaptation needs its JAX backend (and flowjax).
+            compiled = nutpie.compile_pymc_model(model, backend="jax", gradient_backend="jax")
+            compiled = compiled.with_transform_adapt()
+        else:
+            compiled = nutpie.compile_pymc_model(model)  # default numba backend
     with Clock() as sample_clock:
         result = nutpie.sample(
             compiled,
@@ -174,12 +249,16 @@ def _run_nutpie(model: pm.Model, settings: Settings) -> Run:
             seed=settings.seed,
             progress_bar=False,
             save_warmup=True,
+            **({"transform_adapt": True} if flow else {}),
         )
+    share = _gradient_share(result)
     return Run(
         result,
         wall_time=compile_clock.wall + sample_clock.wall,
         cpu_time=compile_clock.cpu + sample_clock.cpu,
         compile_time=compile_clock.wall,
+        sampling_time=None if share is None else share * sample_clock.wall,
+        sampling_time_source="estimated: nutpie.sample's wall time x the draw phase's share of n_steps",
     )
 
 
@@ -197,5 +276,19 @@ register(Sampler(
     gradient_stat="n_steps",
     requires=("nutpie",),
 ))
-register(via_pm_sample("jaxhmc_pymc", pns.JaxHMC, "JaxHMC via pm.sample(step=pns.JaxHMC())"))
+register(Sampler(
+    "nutpie_nf",
+    "nutpie with its normalising-flow adaptation (JAX backend, transform_adapt=True; needs flowjax)",
+    lambda model, settings: _run_nutpie(model, settings, flow=True),
+    acceptance_stat="mean_tree_accept",
+    gradient_stat="n_steps",
+    requires=("nutpie", "flowjax"),
+))
+register(via_pm_sample(
+    "jaxhmc_pymc", pns.JaxHMC, "JaxHMC via pm.sample(step=pns.JaxHMC()) (driver comparison; run when named)",
+    default=False,
+))
 register(via_fast_driver("jaxhmc", pns.JaxHMC, "JaxHMC via pns.sample (fast driver)"))
+register(via_fast_driver("nnghmc", pns.NNgHMC, "NNgHMC via pns.sample (fast driver, one pooled surrogate)", surrogate_stat="n_surrogate_evals"))
+register(via_fast_driver("l2hmc", pns.L2HMC, "L2HMC via pns.sample (fast driver, one kernel trained on the pooled ensemble)"))
+register(via_fast_driver("entropyflow", pns.EntropyFlowMC, "EntropyFlowMC via pns.sample (fast driver, one kernel trained on the pooled ensemble)"))

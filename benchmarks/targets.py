@@ -4,16 +4,41 @@ Every target is a :class:`~pymc_neural_steps.testing.Reference` from the package
 module: a fresh PyMC model per run plus the posterior moments a correct sampler must
 reproduce, so the same object gives the model to time and the z-scores to check. A new
 target is one ``register(...)`` line at the bottom of this file.
+
+Run lengths: the full run's defaults (``runner.FULL_SETTINGS``: 4 chains x 2000 draws after
+1000 warm-up iterations) apply unless a target sets its own ``draws`` / ``tune`` /
+``chains``; ``--quick`` runs the quick targets with ``runner.QUICK_SETTINGS`` whatever they
+set, and command-line ``--draws`` / ``--tune`` / ``--chains`` override both. ``skip`` lists
+(sampler pattern, reason) pairs: matching samplers are not run on the target and the
+reason is reported in the table's notes. ``PRESETS`` applies the same fields to targets by
+name pattern when they are registered, so that targets added elsewhere in this file (the
+expensive-gradient ones) get the settings that keep the full suite within its time budget.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import fnmatch
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import numpy as np
+import pymc as pm
 
 from pymc_neural_steps import testing
 
-__all__ = ["TARGETS", "BenchTarget", "default_targets", "quick_targets", "register"]
+__all__ = [
+    "PRESETS",
+    "TARGETS",
+    "BenchTarget",
+    "default_targets",
+    "eight_schools_centered",
+    "quick_targets",
+    "register",
+]
 
 
 @dataclass(frozen=True)
@@ -23,6 +48,10 @@ class BenchTarget:
     ``reference`` builds the :class:`~pymc_neural_steps.testing.Reference` (model builder
     and moments). ``quick`` puts the target in ``--quick`` runs; ``default`` in runs that
     name no targets (a target too slow for the everyday run sets it to False).
+    ``draws``, ``tune``, ``chains``: the full run's settings for this target (None: the
+    run's defaults). ``skip``: (sampler glob pattern, reason) pairs not to run.
+    ``keep_trained``: keep the learned samplers' trained kernels of this target for the
+    plots (``plots.py``: the banana's learned gradient field).
     """
 
     name: str
@@ -30,14 +59,54 @@ class BenchTarget:
     description: str
     quick: bool = False
     default: bool = True
+    draws: int | None = None
+    tune: int | None = None
+    chains: int | None = None
+    skip: tuple[tuple[str, str], ...] = ()
+    keep_trained: bool = False
+
+    def skip_reason(self, sampler: str) -> str | None:
+        """Why ``sampler`` is not run on this target, or None if it is."""
+        for pattern, reason in self.skip:
+            if fnmatch.fnmatchcase(sampler, pattern):
+                return reason
+        return None
 
 
 TARGETS: dict[str, BenchTarget] = {}
+
+# Learned kernels whose warm-up trains on an ensemble (~10^6 true gradients with the default
+# budgets): hours on a target whose gradient costs milliseconds.
+_TRAINS_ON_ENSEMBLE = "trains on an ensemble of walkers (~10^6 true gradients by default): hours on this target"
+_EXPENSIVE = dict(
+    draws=500, tune=500, chains=2,
+    skip=(("l2hmc*", _TRAINS_ON_ENSEMBLE), ("entropy*", _TRAINS_ON_ENSEMBLE), ("jaxhmc_pymc", "driver comparison only")),
+)
+
+PRESETS: list[tuple[str, dict[str, Any]]] = [
+    # The three expensive-gradient targets (GP 500 x 4, logistic 50k x 200, GARCH(2,1) T=1000):
+    # short runs, and no ensemble-trained kernels.
+    ("gp*", _EXPENSIVE),
+    ("*logistic*", _EXPENSIVE),
+    ("garch21*", _EXPENSIVE),
+]
+"""(target glob pattern, BenchTarget fields) applied at registration to targets that leave
+those fields at their defaults."""
+
+
+def _apply_presets(target: BenchTarget) -> BenchTarget:
+    defaults = {f.name: f.default for f in dataclasses.fields(BenchTarget)}
+    for pattern, changes in PRESETS:
+        if fnmatch.fnmatchcase(target.name, pattern):
+            keep = {k: v for k, v in changes.items() if getattr(target, k) == defaults[k]}
+            target = dataclasses.replace(target, **keep)
+    return target
 
 
 def register(target: BenchTarget) -> BenchTarget:
     if target.name in TARGETS:
         raise ValueError(f"benchmark target {target.name!r} is already registered")
+    target = _apply_presets(target)
     TARGETS[target.name] = target
     return target
 
@@ -50,23 +119,98 @@ def quick_targets() -> list[str]:
     return [name for name, target in TARGETS.items() if target.quick]
 
 
+def eight_schools_centered() -> testing.Reference:
+    """The centred eight schools model, theta_j ~ N(mu, tau): a funnel in (tau, theta).
+
+    It has the same posterior over (mu, tau, theta) as posteriordb's non-centred form, so
+    the non-centred reference moments apply unchanged; only the geometry differs.
+    """
+    noncentered = testing.eight_schools_noncentered()
+    folder = resources.files("pymc_neural_steps.testing").joinpath("data", "eight_schools-eight_schools_noncentered")
+    data = json.loads(folder.joinpath("data.json").read_text())
+    y, sigma = np.asarray(data["y"], dtype=float), np.asarray(data["sigma"], dtype=float)
+
+    def build_model() -> pm.Model:
+        with pm.Model() as model:
+            mu = pm.Normal("mu", mu=0.0, sigma=5.0)
+            tau = pm.HalfCauchy("tau", beta=5.0)
+            theta = pm.Normal("theta", mu=mu, sigma=tau, shape=y.size)
+            pm.Normal("y", mu=theta, sigma=sigma, observed=y)
+        return model
+
+    return dataclasses.replace(
+        noncentered,
+        name="eight_schools_centered",
+        build_model=build_model,
+        source=noncentered.source + "; centred parameterisation, same posterior over mu, tau, theta",
+    )
+
+
+# The papers' targets. Quick: the banana (NNgHMC's 2-d showcase; its plot needs the trained
+# surrogate) and eight schools non-centred (a real posterior), both cheap to sample.
 register(BenchTarget(
-    "gaussian_10d", lambda: testing.correlated_gaussian(10),
-    "10-d dense Gaussian, condition number 100, rotated (analytic)", quick=True,
+    "gaussian_2d_scg", testing.strongly_correlated_gaussian,
+    "L2HMC's 2-d strongly correlated Gaussian, variances 1e2 / 1e-1 rotated by pi/4 (analytic)",
+))
+register(BenchTarget(
+    "gaussian_50d_icg", lambda: testing.ill_conditioned_gaussian(50),
+    "L2HMC's 50-d ill-conditioned Gaussian, diagonal variances 1e-2 .. 1e2 (analytic)",
+))
+register(BenchTarget(
+    "gaussian_20d_rotated", lambda: testing.rotated_gaussian(20),
+    "20-d Gaussian, eigenvalues log-spaced 1e-2 .. 1e2 under a random rotation (analytic)",
+))
+register(BenchTarget(
+    "funnel_20d_s1", lambda: testing.funnel(20, sigma=1.0),
+    "Neal's funnel, 20-d, sigma = 1 (analytic)",
+))
+register(BenchTarget(
+    "funnel_20d_s3", lambda: testing.funnel(20, sigma=3.0),
+    "Neal's funnel, 20-d, sigma = 3; sd of x not checked (heavy tails), v checked (analytic)",
+    draws=1000,  # NUTS's trees are long here: keep the cell within budget
+))
+register(BenchTarget(
+    "banana", lambda: testing.banana(1.0, 0.1, 1.0),
+    "NNgHMC's banana, A = 1, B = 0.1, C = 1 (analytic; Rosenbrock reading of the constants)",
+    quick=True, keep_trained=True,
 ))
 register(BenchTarget(
     "eight_schools_nc", testing.eight_schools_noncentered,
     "posteriordb eight_schools_noncentered (Stan reference draws)", quick=True,
 ))
 register(BenchTarget(
-    "constrained", testing.constrained,
-    "log, logodds, interval, simplex transforms, pm.Data (analytic)", quick=True,
+    "eight_schools_c", eight_schools_centered,
+    "eight schools, centred: a funnel (posteriordb non-centred reference, same posterior)",
 ))
 register(BenchTarget(
     "garch11", testing.garch11,
     "posteriordb garch11: GARCH(1,1), T = 200, interval constraints (Stan reference)",
+    draws=1000,
 ))
 register(BenchTarget(
     "german_credit", testing.german_credit,
     "logistic regression, 1000 x 25 (inference-gym Stan reference)",
+    draws=1000,
+))
+# Ours, not the papers': run when named.
+register(BenchTarget(
+    "gaussian_10d", lambda: testing.correlated_gaussian(10),
+    "10-d dense Gaussian, condition number 100, rotated (analytic)", default=False,
+))
+register(BenchTarget(
+    "constrained", testing.constrained,
+    "log, logodds, interval, simplex transforms, pm.Data (analytic)", default=False,
+))
+register(BenchTarget(
+    "gp_regression", testing.gp_regression,
+    "GP regression, Matern 3/2, 500 x 4, marginal likelihood (500 x 500 Cholesky); no reference",
+    default=False,
+))
+register(BenchTarget(
+    "logistic_50k", testing.logistic_regression_50k,
+    "logistic regression, 50,000 x 200, simulated; no reference", default=False,
+))
+register(BenchTarget(
+    "garch21", testing.garch21,
+    "GARCH(2,1), T = 1000, simulated, scan recursion; no reference", default=False,
 ))

@@ -5,7 +5,7 @@
 """
 
 from pymc_neural_steps.sampling import sample
-from pymc_neural_steps.steps import JaxHMC, L2HMC, NNgHMC, TrainedNNgHMC
+from pymc_neural_steps.steps import EntropyFlowMC, JaxHMC, L2HMC, NNgHMC, TrainedNNgHMC
 from pymc_neural_steps.target import (
     DiscreteVariableError,
     LayoutMismatchError,
@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DiscreteVariableError",
+    "EntropyFlowMC",
     "JaxHMC",
     "L2HMC",
     "LayoutMismatchError",

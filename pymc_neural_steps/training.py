@@ -2,9 +2,9 @@
 
 §1  Gradient regression for NNgHMC (Li et al. 2019, §3; ``algorithms.md`` §1):
     ``fit_gradient_surrogate`` fits a ``GradientSurrogate`` to pairs (x, ∇ℓ(x)) recorded
-    along warm-up trajectories. MSE loss on standardised outputs, Adam with a cosine-decayed
-    learning rate, warm start from the previous network, ~10 % of the pairs held out to
-    report the relative gradient error.
+    along warm-up trajectories. MSE loss on standardised outputs, Adam with a learning rate
+    that warms up, then decays (cosine), warm start from the previous network, ~10 % of the
+    pairs held out to report the relative gradient error.
 
 §2  Kernel training on an ensemble of chains (L2HMC's ESJD loss, the proposal-entropy
     objective; ``algorithms.md`` §2-§3): reserved, see the end of this module.
@@ -87,7 +87,7 @@ def fit_gradient_surrogate(
     *,
     steps: int = 1500,
     batch_size: int = 256,
-    learning_rate: float = 1e-3,
+    learning_rate: float = 1e-2,
 ) -> tuple[GradientSurrogate, GradientFit]:
     """Fit ``surrogate`` to the pairs (xs, gs) by gradient regression.
 
@@ -104,8 +104,8 @@ def fit_gradient_surrogate(
         Pairs written into each buffer (scalar, or one per chain); the first
         ``min(count, capacity)`` slots of a buffer are valid.
     steps, batch_size, learning_rate
-        Adam steps (static), minibatch size (static), peak learning rate (cosine decay to
-        5 % of it over the run).
+        Adam steps (static), minibatch size (static), peak learning rate (reached linearly
+        over the first 10 % of the steps from 5 % of it, then cosine decay to 5 %).
 
     Returns
     -------
@@ -137,7 +137,11 @@ def fit_gradient_surrogate(
             (x_mean, x_scale, g_mean, g_scale),
         )
         params, static = eqx.partition(surrogate.net, eqx.is_array)
-        schedule = optax.cosine_decay_schedule(learning_rate, steps, alpha=0.05)
+        # A short linear warm-up to the peak keeps a warm start's fit: the first Adam steps
+        # at the full rate would throw much of it away.
+        schedule = optax.warmup_cosine_decay_schedule(
+            0.05 * learning_rate, learning_rate, max(1, steps // 10), steps, 0.05 * learning_rate
+        )
         optimiser = optax.adam(schedule)
         # Static size: the indices of the training pairs first, padding after.
         train_index = jnp.nonzero(train_mask, size=train_mask.size, fill_value=0)[0]

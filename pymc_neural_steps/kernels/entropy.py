@@ -633,6 +633,10 @@ class ObjectiveAux(NamedTuple):
     objective: jax.Array  # the maximised L, averaged
     fraction_nonfinite: jax.Array  # proposals whose MH ratio was not finite
     step_size: jax.Array
+    # Each start point's first proposal and its log MH ratio (−inf when not finite), so a
+    # trainer can advance its walkers by one exact MH transition at no extra cost.
+    proposal: jax.Array  # (B, d)
+    log_ratio: jax.Array  # (B,)
 
 
 def entropy_objective(
@@ -668,12 +672,13 @@ def entropy_objective(
             accept_term = jnp.where(finite, jnp.minimum(tr.log_ratio, 0.0), 0.0)
             entropy_term = jnp.where(finite, tr.log_det, 0.0)
             acceptance = jnp.where(finite, jnp.exp(accept_term), 0.0)
-            return accept_term + beta * entropy_term, acceptance, entropy_term, ~finite
+            value = accept_term + beta * entropy_term
+            return value, acceptance, entropy_term, ~finite, tr.position, tr.log_ratio
 
         return jax.vmap(per_proposal)(jax.random.split(key, num_proposals))
 
     keys = jax.random.split(key, positions.shape[0])
-    value, acceptance, log_det, nonfinite = jax.vmap(one)(keys, positions)
+    value, acceptance, log_det, nonfinite, proposals, log_ratios = jax.vmap(one)(keys, positions)
     objective = jnp.mean(value)
     n_finite = jnp.maximum(jnp.sum(~nonfinite), 1)
     aux = ObjectiveAux(
@@ -682,6 +687,8 @@ def entropy_objective(
         objective=objective,
         fraction_nonfinite=jnp.mean(nonfinite.astype(positions.dtype)),
         step_size=nets.step_size,
+        proposal=proposals[:, 0],
+        log_ratio=log_ratios[:, 0],
     )
     return -objective, jax.tree.map(jax.lax.stop_gradient, aux)
 

@@ -1,8 +1,18 @@
 """PyMC step methods: thin adapters from ``BlockedStep`` to the JAX kernels."""
 
 from pymc_neural_steps.steps.base import ChainProgram, NeuralStep
+from pymc_neural_steps.steps.entropy import EntropyFlowMC, TrainedEntropyFlow
 from pymc_neural_steps.steps.hmc import JaxHMC
 from pymc_neural_steps.steps.l2hmc import L2HMC
 from pymc_neural_steps.steps.nnghmc import NNgHMC, TrainedNNgHMC
 
-__all__ = ["ChainProgram", "JaxHMC", "L2HMC", "NNgHMC", "NeuralStep", "TrainedNNgHMC"]
+__all__ = [
+    "ChainProgram",
+    "EntropyFlowMC",
+    "JaxHMC",
+    "L2HMC",
+    "NNgHMC",
+    "NeuralStep",
+    "TrainedEntropyFlow",
+    "TrainedNNgHMC",
+]

@@ -71,6 +71,10 @@ HMC_MODE, L2HMC_MODE = "hmc", "l2hmc"
 # it were pm.sample's default, and what is left is trained at stop_tuning.
 DEFAULT_TUNE_HORIZON = 1000
 MAX_ROUNDS = 20
+# The end-of-budget guard (``run_round``): a final kernel whose ESJD on the walkers is below
+# this fraction of the best seen at a round boundary is replaced by that best kernel.
+BEST_FRACTION = 0.5
+SCORE_SALT = 2**31 - 1  # separates the scorings' randomness from the training steps'
 
 L2HMC_STATS = HMC_STATS + (
     # (step_size: the ε of this transition, jitter included; n_steps: T, or HMC's steps.)
@@ -87,6 +91,9 @@ L2HMC_STATS = HMC_STATS + (
     # Wall seconds of training, measured by the driver; a pooled run reports its full
     # time on every chain (the chains wait for it together).
     StatSpec("training_time", np.float64),
+    # 1 on the iteration after the end-of-budget guard replaced a collapsed final kernel
+    # by the best one scored during training (see ``run_round``).
+    StatSpec("training_restored", np.int64),
 )
 
 
@@ -106,6 +113,15 @@ class TrainingReport(NamedTuple):
     loss: jax.Array
     acceptance: jax.Array
     grad_evals: jax.Array
+    restored: jax.Array  # 1 when the end-of-budget guard swapped in the best kernel
+
+
+class BestKernel(NamedTuple):
+    """The networks that scored the highest ESJD at a round boundary, and that score."""
+
+    params: l2hmc.L2HMCNetworks
+    score: jax.Array  # mean A·‖y − y'‖² (whitened) over the walkers; −inf before scoring
+    restored: jax.Array  # bool: the guard replaced the final kernel by this one
 
 
 class L2HMCCarry(NamedTuple):
@@ -117,6 +133,7 @@ class L2HMCCarry(NamedTuple):
     key: jax.Array  # raw key data of the training randomness, set when training starts
     started: jax.Array  # bool: training has started (the chain runs the learned kernel)
     report: TrainingReport
+    best: BestKernel
 
 
 @dataclass(frozen=True)
@@ -140,7 +157,7 @@ class TrainedL2HMC:
 def _empty_report(dtype=jnp.float64) -> TrainingReport:
     zero = jnp.zeros((), jnp.int64)
     nan = jnp.full((), jnp.nan, dtype)
-    return TrainingReport(zero, zero, nan, nan, zero)
+    return TrainingReport(zero, zero, nan, nan, zero, zero)
 
 
 def _jittered(nets: l2hmc.L2HMCNetworks, key: jax.Array, jitter: float) -> l2hmc.L2HMCNetworks:
@@ -244,6 +261,24 @@ def l2hmc_program(
     # recomputes it) and one per learned leapfrog step; the reverse pass is not counted.
     grads_per_start = num_steps + 1
 
+    def kernel_score(key, nets, walkers, whitening):
+        # ESJD of the un-jittered kernel on the walkers (whitened units), from one batch of
+        # proposals: what the end-of-budget guard compares.
+        _, aux = l2hmc.esjd_loss(
+            nets,
+            key,
+            walkers,
+            None,
+            logdensity_fn(whitening.extras),
+            scale=scale,
+            inverse_mass=whitening.inverse_mass,
+            center=whitening.center,
+        )
+        return jnp.where(jnp.isfinite(aux.esjd_whitened), aux.esjd_whitened, 0.0)
+
+    def unscored(params):
+        return BestKernel(params, jnp.full((), -jnp.inf, jnp.float64), jnp.zeros((), bool))
+
     def fresh_training(key, walker_key, center, inverse_mass, step_size, extras):
         nets = l2hmc.init_networks(key, dim, num_steps, width, depth, step_size=1.0)
         log_eps = jnp.log(jnp.asarray(step_size, nets.log_step_size.dtype))
@@ -276,6 +311,7 @@ def l2hmc_program(
             key=jax.random.key_data(jax.random.key(0)),
             started=jnp.asarray(trained is not None),
             report=_empty_report(),
+            best=unscored(training.params),
         )
 
     def refresh(carry, position, extras):
@@ -294,6 +330,7 @@ def l2hmc_program(
             report.acceptance,
             report.grad_evals,
             0.0,  # training_time: the driver measures it
+            report.restored,
         )
         return jnp.concatenate([info_stats, training_stats])
 
@@ -373,30 +410,70 @@ def l2hmc_program(
             key_nets, key_walkers, center, inverse_mass, step_size, carry.training.context.extras
         )
         return carry._replace(
-            training=training, key=jax.random.key_data(key), started=jnp.ones((), bool)
+            training=training,
+            key=jax.random.key_data(key),
+            started=jnp.ones((), bool),
+            best=unscored(training.params),
         )
 
-    def run_round(key_data, training, walkers_per_chain):
-        """One round: up to ``per_round`` steps within the budget; (training, report)."""
+    def keep_best(best, params, score):
+        better = score > best.score
+        return BestKernel(
+            jax.tree.map(lambda a, b: jnp.where(better, a, b), params, best.params),
+            jnp.where(better, score, best.score),
+            best.restored,
+        )
+
+    def run_round(key_data, training, best, walkers_per_chain):
+        """One round: up to ``per_round`` steps within the budget; (training, best, report).
+
+        The kernel is scored (ESJD on the walkers) before and after the round. When the
+        budget is spent, a final kernel scoring under half the best score seen is replaced
+        by that best one: the ESJD loss can step over a cliff where every proposal is
+        rejected, its gradient is then exactly zero, and training never comes back (seen
+        on the 20-d rotated Gaussian: walker acceptance ~0.1, the chain stuck).
+        """
         steps = jnp.clip(train_steps - training.num_steps, 0, per_round)
         key = jax.random.wrap_key_data(key_data)
+        score_key = jax.random.fold_in(key, SCORE_SALT)
+        before = kernel_score(
+            jax.random.fold_in(score_key, 2 * training.num_steps),
+            training.params, training.walkers, training.context,
+        )
+        best = keep_best(best, training.params, before)
         training, summary = ensemble.train(trainer, training, key, steps)
+        after = kernel_score(
+            jax.random.fold_in(score_key, 2 * training.num_steps + 1),
+            training.params, training.walkers, training.context,
+        )
+        best = keep_best(best, training.params, after)
+        collapsed = (training.num_steps >= train_steps) & (after < BEST_FRACTION * best.score)
+        training = training._replace(
+            params=jax.tree.map(
+                lambda a, b: jnp.where(collapsed, a, b), best.params, training.params
+            )
+        )
+        best = best._replace(restored=best.restored | collapsed)
         report = TrainingReport(
             steps=summary.num_steps,
             rollbacks=summary.num_rejected,
             loss=summary.mean_loss,
             acceptance=summary.mean_monitor,
-            # This chain's share: its walkers and as many burn-in draws.
-            grad_evals=summary.num_steps * 2 * walkers_per_chain * grads_per_start,
+            # This chain's share: its walkers and as many burn-in draws, and its walkers
+            # in the two scorings.
+            grad_evals=(summary.num_steps + 1) * 2 * walkers_per_chain * grads_per_start,
+            restored=collapsed.astype(jnp.int64),
         )
-        return training, report
+        return training, best, report
 
     def train(key, carry):
         # The first round starts training (with this key, kept for every later round, so
         # that the randomness of step i does not depend on how the budget is split).
         carry = jax.lax.cond(carry.started, lambda c: c, lambda c: start_chain(key, c), carry)
-        training, report = run_round(carry.key, carry.training, num_walkers)
-        return carry._replace(training=training, report=_add_reports(carry.report, report))
+        training, best, report = run_round(carry.key, carry.training, carry.best, num_walkers)
+        return carry._replace(
+            training=training, best=best, report=_add_reports(carry.report, report)
+        )
 
     # --- training: all chains, one kernel ---------------------------------------------------
     def pooled_start(key, carry):
@@ -416,6 +493,7 @@ def l2hmc_program(
             training=training,
             key=jnp.broadcast_to(jax.random.key_data(key), carry.key.shape),
             started=jnp.ones_like(carry.started),
+            best=jax.vmap(unscored)(training.params),
         )
 
     def pooled_train(key, carry):
@@ -428,14 +506,18 @@ def l2hmc_program(
         batched = carry.training
         shared = jax.tree.map(lambda a: a[0], batched)
         shared = shared._replace(walkers=batched.walkers[:, :k].reshape(chains * k, dim))
-        shared, report = run_round(carry.key[0], shared, k)
+        best = jax.tree.map(lambda a: a[0], carry.best)
+        shared, best, report = run_round(carry.key[0], shared, best, k)
         walkers = batched.walkers.at[:, :k].set(shared.walkers.reshape(chains, k, dim))
-        training = jax.tree.map(
-            lambda a: jnp.broadcast_to(a, (chains, *jnp.shape(a))),
-            shared._replace(walkers=jnp.zeros(())),
-        )._replace(walkers=walkers, context=batched.context)
+
+        def broadcast(tree):
+            return jax.tree.map(lambda a: jnp.broadcast_to(a, (chains, *jnp.shape(a))), tree)
+
+        training = broadcast(shared._replace(walkers=jnp.zeros(())))._replace(
+            walkers=walkers, context=batched.context
+        )
         reports = jax.vmap(_add_reports, (0, None))(carry.report, report)
-        return carry._replace(training=training, report=reports)
+        return carry._replace(training=training, best=broadcast(best), report=reports)
 
     def train_pending(carry):
         # Host side, one chain or all: warm-up ended before the budget was spent (or even
@@ -495,6 +577,7 @@ def _add_reports(a: TrainingReport, b: TrainingReport) -> TrainingReport:
         loss=mean(a.loss, b.loss),
         acceptance=mean(a.acceptance, b.acceptance),
         grad_evals=a.grad_evals + b.grad_evals,
+        restored=a.restored + b.restored,
     )
 
 
@@ -606,8 +689,11 @@ class L2HMC(NeuralStep):
 
     def _tuned(self, carry: Any, *, batched: bool) -> None:
         training = jax.device_get(carry.training)
+        best = getattr(carry, "best", None)
+        restored = None if best is None else np.asarray(jax.device_get(best.restored))
         if batched:  # one kernel for all chains: every chain holds it; take the first
             training = jax.tree.map(lambda a: a[0], training)
+            restored = None if restored is None else restored[0]
         steps, rejected = int(training.num_steps), int(training.num_rejected)
         if steps and rejected == steps:
             warnings.warn(
@@ -627,7 +713,8 @@ class L2HMC(NeuralStep):
             layout=self.layout.fingerprint(),
             options=dict(self.options),
             report={"train_steps": steps, "rollbacks": rejected,
-                    "final_loss": _json_float(training.loss)},
+                    "final_loss": _json_float(training.loss),
+                    "restored_best": bool(restored) if restored is not None else False},
         )
 
     # --- reuse, save and load --------------------------------------------------------------

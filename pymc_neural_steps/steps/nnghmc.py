@@ -311,7 +311,7 @@ def nnghmc_program(
     buffer_size: int | None = None,
     train_steps: int = 1500,
     batch_size: int = 256,
-    learning_rate: float = 1e-3,
+    learning_rate: float = 1e-2,
     assess_trajectories: int = 32,
     tolerance: float = 0.1,
     first_training: int = FIRST_TRAINING,
@@ -739,7 +739,10 @@ class NNgHMC(NeuralStep):
         network with blocks of ``block_size`` outputs (default 25) when d > ``block_threshold``
         (default 50). ``block_size=0`` forces one network.
     train_steps, batch_size, learning_rate
-        Adam steps per training run, minibatch size, peak learning rate.
+        Adam steps per training run, minibatch size, peak learning rate (default 1e-2:
+        at 1e-3, 1500 steps left the network underfitted -- held-out relative gradient
+        error 0.48 on GARCH(2,1) against 0.12 at 1e-2, and 0.11 against 0.055 on a 200-d
+        logistic regression's block network, measured when this default was chosen).
     assess_trajectories
         Trajectory pairs (true vs surrogate) in each assessment (shared among chains when
         ``pymc_neural_steps.sample`` trains one network for all).
@@ -779,7 +782,7 @@ class NNgHMC(NeuralStep):
         block_threshold: int = BLOCK_THRESHOLD,
         train_steps: int = 1500,
         batch_size: int = 256,
-        learning_rate: float = 1e-3,
+        learning_rate: float = 1e-2,
         assess_trajectories: int = 32,
         tolerance: float = 0.1,
         first_training: int = FIRST_TRAINING,

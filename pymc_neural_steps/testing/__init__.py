@@ -23,7 +23,8 @@ from pymc_neural_steps.testing.analytic import (
     strongly_correlated_gaussian,
 )
 from pymc_neural_steps.testing.exactness import ExactnessReport, ZScore, check_exactness
-from pymc_neural_steps.testing.published import ark, eight_schools_noncentered, garch11, german_credit
+from pymc_neural_steps.testing.expensive import garch21, gp_regression, logistic_regression_50k
+from pymc_neural_steps.testing.published import ark, eight_schools_noncentered, garch11, german_credit, german_credit_data
 from pymc_neural_steps.testing.references import Moments, Reference, from_one_based, scalar_key, split_key
 
 REFERENCES = {
@@ -40,6 +41,9 @@ REFERENCES = {
         rotated_gaussian,
         funnel,
         banana,
+        gp_regression,
+        logistic_regression_50k,
+        garch21,
     )
 }
 """Every reference factory by name; call one to get its :class:`Reference`."""
@@ -59,8 +63,12 @@ __all__ = [
     "from_one_based",
     "funnel",
     "garch11",
+    "garch21",
+    "gp_regression",
     "german_credit",
+    "german_credit_data",
     "ill_conditioned_gaussian",
+    "logistic_regression_50k",
     "rotated_gaussian",
     "scalar_key",
     "split_key",

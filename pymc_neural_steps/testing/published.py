@@ -196,6 +196,13 @@ def _german_credit_arrays() -> dict[str, np.ndarray]:
         return {key: npz[key] for key in npz.files}
 
 
+def german_credit_data() -> tuple[np.ndarray, np.ndarray]:
+    """The German credit design matrix (1000 x 25: 24 standardised features, then a bias
+    column) and the outcomes (1 = bad credit), for building variants of the model."""
+    arrays = _german_credit_arrays()
+    return arrays["X"].astype(float), arrays["y"].astype(np.int64)
+
+
 def german_credit() -> Reference:
     """Bayesian logistic regression on the numeric German credit data (inference-gym's target).
 

@@ -76,12 +76,18 @@ def test_fast_driver_trains_one_kernel_on_the_pooled_ensemble(pooled_run):
     assert np.abs(np.asarray(carry.training.params.x_net.output.weight[0])).max() > 0
     assert step.trained is not None and step.trained.layout == step.layout.fingerprint()
     # One ensemble of ~num_walkers for all chains: each chain holds 64 / 4 = 16 of them,
-    # each loss uses them plus as many burn-in draws, (T + 1) forward gradients per start.
+    # each loss uses them plus as many burn-in draws, (T + 1) forward gradients per start;
+    # each of the rounds also scores the kernel twice on the walkers.
     warm, draws = stats_of(result, "warmup_sample_stats"), stats_of(result)
     steps = warm["training_steps"].values.sum(1) + draws["training_steps"].values.sum(1)
     np.testing.assert_array_equal(steps, OPTIONS["train_steps"])
+    rounds = (warm["training_steps"].values > 0).sum(1) + (draws["training_steps"].values > 0).sum(1)
+    np.testing.assert_array_equal(rounds, 20)
     grads = warm["training_grad_evals"].values.sum(1) + draws["training_grad_evals"].values.sum(1)
-    np.testing.assert_array_equal(grads, OPTIONS["train_steps"] * 2 * 16 * 11)
+    np.testing.assert_array_equal(grads, (OPTIONS["train_steps"] + 20) * 2 * 16 * 11)
+    # The SCG trains without collapsing: the end-of-budget guard leaves the kernel alone.
+    assert int(warm["training_restored"].values.sum() + draws["training_restored"].values.sum()) == 0
+    assert step.trained.report["restored_best"] is False
 
 
 def test_stats_are_honest(pooled_run):
@@ -89,7 +95,7 @@ def test_stats_are_honest(pooled_run):
     draws, warm = stats_of(result), stats_of(result, "warmup_sample_stats")
     for name in ("acceptance_rate", "diverging", "lp", "n_grad_evals", "energy", "energy_error",
                  "step_size", "n_steps", "esjd", "training_loss", "training_time",
-                 "training_grad_evals", "training_rollbacks"):
+                 "training_grad_evals", "training_rollbacks", "training_restored"):
         assert name in draws, name
     # T = 10 true gradients per transition (the starting gradient is carried).
     np.testing.assert_array_equal(draws["n_grad_evals"].values, 10)
@@ -241,7 +247,9 @@ def test_a_training_run_that_never_succeeds_is_reported():
         step._tuned(SimpleNamespace(training=training), batched=False)
     # What is kept is the untrained kernel, which is HMC and samples exactly.
     assert isinstance(step.trained, TrainedL2HMC)
-    assert step.trained.report == {"train_steps": 50, "rollbacks": 50, "final_loss": None}
+    assert step.trained.report == {
+        "train_steps": 50, "rollbacks": 50, "final_loss": None, "restored_best": False
+    }
 
 
 # ------------------------------------------------------------------ options
@@ -300,3 +308,28 @@ def test_funnel_exact_under_pm_sample_with_a_pooled_kernel(funnel_pooled_run):
                            tune=2000, random_seed=2, progressbar=False,
                            compute_convergence_checks=False)
     check_exactness(result, reference).assert_passed()
+
+
+def test_a_collapsed_kernel_is_replaced_by_the_best_one_scored():
+    # Adam at rate 3 throws log ε far past the stability limit within a few steps: every
+    # proposal is rejected, the ESJD gradient is exactly zero and training cannot recover.
+    # The end-of-budget guard must hand the chain the best kernel scored on the way.
+    reference = strongly_correlated_gaussian()
+    with reference.build_model():
+        step = RecordingL2HMC(train_steps=40, hmc_warmup=100, learning_rate=3.0,
+                              final_learning_rate=1.0)
+        result = pns.sample(step, chains=2, draws=300, tune=150, random_seed=6,
+                            discard_tuned_samples=False, progressbar=False)
+    [(carry, _)] = step.tuned_carries
+    warm, draws = stats_of(result, "warmup_sample_stats"), stats_of(result)
+    restored = warm["training_restored"].values.sum(1) + draws["training_restored"].values.sum(1)
+    np.testing.assert_array_equal(restored, 1)
+    assert step.trained.report["restored_best"] is True
+    for a, b in zip(leaves(carry.training.params), leaves(carry.best.params)):
+        np.testing.assert_array_equal(a, b)
+    # Without the guard this chain accepts nothing; with it, it moves. (The best kernel by
+    # ESJD is not the one with the highest acceptance: a long step accepted now and then
+    # scores above a short one accepted always, so expect movement, not a high rate.)
+    assert draws["acceptance_rate"].values.mean() > 0.05
+    assert (np.diff(group_dataset(result)["x"].values, axis=1) != 0).any(-1).mean() > 0.05
+    assert np.isfinite(group_dataset(result)["x"].values).all()

@@ -1,0 +1,52 @@
+"""Helpers shared by the example scripts: wall-clock timing and ESS summaries."""
+
+import os
+
+# On a busy machine, BLAS threads spinning while they wait for a core slow every linear-algebra
+# call (PyMC's and ours alike); one thread per process is the fair setting for a comparison.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import time  # noqa: E402
+
+import arviz as az  # noqa: E402
+import numpy as np  # noqa: E402
+
+from pymc_neural_steps._compat import group_dataset  # noqa: E402
+
+
+def timed(label, run):
+    """Run ``run()``, print its wall time, return (result, seconds)."""
+    start = time.perf_counter()
+    result = run()
+    seconds = time.perf_counter() - start
+    print(f"{label:<44s} {seconds:6.1f} s (compile, warm-up, training, sampling)", flush=True)
+    return result, seconds
+
+
+def min_bulk_ess(result, var_names=None):
+    """The smallest bulk ESS over every scalar of ``var_names`` (default: all variables)."""
+    posterior = group_dataset(result, "posterior")
+    if var_names is not None:
+        posterior = posterior[list(var_names)]
+    ess = az.ess(posterior, method="bulk")
+    return min(float(np.min(ess[name].values)) for name in ess.data_vars)
+
+
+def draw_gradients(result):
+    """True gradient evaluations in the draw phase (NUTS: its leapfrog steps)."""
+    stats = group_dataset(result, "sample_stats")
+    name = "n_grad_evals" if "n_grad_evals" in stats else "n_steps"
+    return float(stats[name].values.sum())
+
+
+def compare(rows, var_names=None):
+    """Print ESS, ESS per gradient and per second of total wall time for (label, result, s)."""
+    print(f"\n{'sampler':<24s} {'min ESS':>8s} {'ESS/grad':>9s} {'ESS/s total':>12s}")
+    rates = {}
+    for label, result, seconds in rows:
+        ess = min_bulk_ess(result, var_names)
+        grads = draw_gradients(result)
+        rates[label] = ess / seconds
+        print(f"{label:<24s} {ess:8.0f} {ess / max(grads, 1):9.4f} {ess / seconds:12.2f}")
+    return rates

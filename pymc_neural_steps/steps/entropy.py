@@ -1,0 +1,738 @@
+"""``EntropyFlowMC``: the proposal-entropy neural sampler (Li, Chen & Sommer 2021) as a step.
+
+The kernel is ``kernels/entropy.py``'s: x' = x + ε f(z₀; x), a conditional coupling flow
+of Gaussian noise that uses ∇U, with both proposal densities tractable, so every draw is
+an ordinary, exact MH transition. This module trains it during warm-up, in three parts
+that all live in the chain's carry (every PyMC chain starts afresh):
+
+1. *HMC warm-up* (``hmc_warmup`` iterations, 200 by default): true-gradient HMC with Stan's
+   step-size and diagonal-mass adaptation, on a schedule of its own (``steps/hmc.py``'s
+   program, as in ``steps/l2hmc.py``). It gives the fixed diagonal preconditioner
+   x = c + √M⁻¹ ⊙ y in which the flow works and the flow's initial ε (HMC's adapted
+   leapfrog step; the untrained flow is MALA with that step).
+2. *Training* (``train_steps`` optimiser steps, 3000 by default): ``ensemble.py``'s loop.
+   ``num_walkers`` walkers are the paper's bootstrapped buffer (§3.3). They start at the
+   chain's last ``num_walkers`` HMC warm-up positions: draws from N(c, M⁻¹) land far off
+   a narrow ridge (whitened SCG: 1 vs 0.045 across it), where the untrained flow accepts
+   almost nothing, and 300 training steps from there left a kernel with a bulk ESS of
+   0.001 per step. Each optimiser step maximises the paper's objective
+   E[min(0, log MH ratio) + β log|det ∂x'/∂z₀|] (``entropy.entropy_objective``; gradients
+   through the ∇U terms and log ε) on one proposal per walker, and the walkers then take
+   that proposal's exact MH step (no extra gradients). After every step β follows the
+   controller ``entropy.beta_update``, log β += rate · (acceptance − target), which holds
+   the batch's mean acceptance at ``target_acceptance``. Steps with a non-finite loss,
+   gradient or update are rolled back (``ensemble.train_step``). The budget is spread over
+   ``tune`` in rounds (``steps.l2hmc.training_rounds``); what a short or open-ended warm-up
+   (PyMC 5) leaves is trained when warm-up ends (``ChainProgram.train_pending``).
+3. The chain runs the current flow kernel between rounds; the kernel (networks, ε,
+   preconditioner) is frozen when warm-up ends, so the draws are MH transitions of one
+   fixed kernel: exact whatever was learned.
+
+``pm.sample`` trains one kernel per chain; ``pymc_neural_steps.sample`` trains ONE kernel
+for all chains (``pooled_train``): one preconditioner from the pooled HMC estimates and
+one ensemble of ``num_walkers`` walkers drawn from all chains.
+
+Defaults, and why (chosen for robustness across targets, not for one of them):
+``use_r=True, num_coupling_steps=1`` is the paper's configuration (4 gradients per
+transition: 2N where the R network places them in the forward flow, 2N in the reverse),
+``target_acceptance=0.9`` (``entropy.DEFAULT_TARGET_ACCEPTANCE``; the paper's Gaussian
+ESS figures need acceptance near 0.9), ``width=64, depth=2`` tanh MLPs, Adam with the
+rate decaying from ``learning_rate`` to ``final_learning_rate``, initial β = 1/d.
+
+Measured (fast driver, 4 chains × 5000 draws after tune=1000, defaults; see
+``scripts/entropy_efficiency.py`` for the commands): see the table at the end of this
+docstring.
+
+MEASURED_RESULTS_PLACEHOLDER
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pymc_neural_steps import adaptation, ensemble
+from pymc_neural_steps.kernels import entropy, hmc
+from pymc_neural_steps.steps.base import ChainProgram, NeuralStep, StatSpec, pack_stats
+from pymc_neural_steps.steps.hmc import HMCCarry, hmc_program
+from pymc_neural_steps.steps.l2hmc import training_rounds
+from pymc_neural_steps.target import Target, build_layout
+
+__all__ = ["EntropyFlowMC", "TrainedEntropyFlow", "entropy_program"]
+
+HMC_MODE, FLOW_MODE = "hmc", "flow"
+
+# Mean acceptance the β controller holds during training (see the module docstring).
+DEFAULT_TARGET_ACCEPTANCE = 0.75
+
+ENTROPY_STATS = (
+    StatSpec("step_size", np.float64),  # HMC's leapfrog step, then the flow's ε (whitened)
+    StatSpec("n_steps", np.int64),  # HMC's leapfrog steps, then the flow's coupling steps N
+    StatSpec("n_logp_evals", np.int64),  # log densities without gradient (R variant: at x')
+    StatSpec("log_q_forward", np.float64),  # log q(x'|x) of the proposal (model coordinates)
+    StatSpec("log_q_reverse", np.float64),  # log q(x|x')
+    # One-sample estimate of the proposal's entropy, ½d log(2πe) + log|det ∂x'/∂z₀|.
+    StatSpec("proposal_entropy", np.float64),
+    StatSpec("beta", np.float64),  # the entropy weight β of the objective (NaN before training)
+    StatSpec("nonfinite_reverse", bool),  # q(x|x') was not finite: the proposal was rejected
+    # Training that ran since the previous iteration (0 / NaN when none did):
+    StatSpec("training_steps", np.int64),
+    StatSpec("training_rollbacks", np.int64),  # steps rejected as non-finite
+    StatSpec("training_loss", np.float64),  # mean of −objective over the accepted steps
+    StatSpec("training_acceptance", np.float64),  # mean acceptance of the walkers' proposals
+    # Forward true gradients of training on this chain's walkers (the backward pass through
+    # them is not counted); summed over chains, the total.
+    StatSpec("training_grad_evals", np.int64),
+    # Wall seconds of training, measured by the driver; a pooled run reports its full time
+    # on every chain (the chains wait for it together).
+    StatSpec("training_time", np.float64),
+)
+
+
+class FlowContext(NamedTuple):
+    """What training carries besides the networks: the preconditioner, β, the extras."""
+
+    center: jax.Array
+    inverse_mass: jax.Array
+    beta: jax.Array
+    extras: tuple  # values of the model's other variables (compound steps)
+
+
+class TrainingReport(NamedTuple):
+    steps: jax.Array
+    rollbacks: jax.Array
+    loss: jax.Array
+    acceptance: jax.Array
+    grad_evals: jax.Array
+
+
+class EntropyCarry(NamedTuple):
+    hmc: HMCCarry  # the chain's state and the HMC warm-up's adaptation
+    warmup_iteration: jax.Array
+    center_welford: adaptation.WelfordState
+    center_estimate: jax.Array
+    recent: jax.Array  # (num_walkers, d): the last HMC warm-up positions, the first walkers
+    training: ensemble.TrainingState  # params: FlowNetworks; context: FlowContext
+    key: jax.Array  # raw key data of the training randomness, set when training starts
+    started: jax.Array  # bool: the chain runs the flow kernel
+    report: TrainingReport
+
+
+@dataclass(frozen=True)
+class TrainedEntropyFlow:
+    """A trained flow kernel, detached from any model: networks, the preconditioner they
+    were trained under, and the layout of the model they belong to."""
+
+    networks: entropy.FlowNetworks  # numpy leaves
+    center: np.ndarray
+    inverse_mass: np.ndarray
+    beta: float
+    layout: dict
+    options: dict
+    report: dict = field(default_factory=dict)
+
+    @property
+    def step_size(self) -> float:
+        return float(np.exp(self.networks.log_step_size))
+
+
+def _empty_report(dtype=jnp.float64) -> TrainingReport:
+    zero = jnp.zeros((), jnp.int64)
+    nan = jnp.full((), jnp.nan, dtype)
+    return TrainingReport(zero, zero, nan, nan, zero)
+
+
+def _add_reports(a: TrainingReport, b: TrainingReport) -> TrainingReport:
+    """Two pieces of training reported together (NaN-aware, step-weighted means)."""
+
+    def mean(x, y):
+        wx, wy = a.steps - a.rollbacks, b.steps - b.rollbacks
+        x0, y0 = jnp.where(wx > 0, x, 0.0), jnp.where(wy > 0, y, 0.0)
+        total = wx + wy
+        return jnp.where(total > 0, (wx * x0 + wy * y0) / jnp.maximum(total, 1), jnp.nan)
+
+    return TrainingReport(
+        a.steps + b.steps,
+        a.rollbacks + b.rollbacks,
+        mean(a.loss, b.loss),
+        mean(a.acceptance, b.acceptance),
+        a.grad_evals + b.grad_evals,
+    )
+
+
+def _preconditioner(context: FlowContext) -> entropy.Preconditioner:
+    return entropy.preconditioner_from_inverse_mass(context.inverse_mass, context.center)
+
+
+def training_grads_per_walker(nets: entropy.FlowNetworks) -> int:
+    """Forward true gradients of one objective evaluation at one walker.
+
+    With R: the 2N of the forward flow and the 2N of the reverse (log p at x and x' come
+    without gradient). Without R: ∇log p at x and at x'.
+    """
+    return entropy.grad_evals_per_transition(nets)[0] if nets.use_r else 2
+
+
+def entropy_program(
+    target: Target,
+    *,
+    num_coupling_steps: int = 1,
+    use_r: bool = False,
+    num_walkers: int = 64,
+    train_steps: int = 3000,
+    learning_rate: float = 3e-3,
+    final_learning_rate: float = 1e-3,
+    target_acceptance: float = DEFAULT_TARGET_ACCEPTANCE,
+    beta_rate: float = entropy.DEFAULT_BETA_RATE,
+    initial_beta: float | None = None,
+    hmc_warmup: int = 200,
+    width: int = 64,
+    depth: int = 2,
+    target_accept: float = 0.8,
+    max_hmc_steps: int = 1024,
+    trained: TrainedEntropyFlow | None = None,
+) -> ChainProgram:
+    """The ``ChainProgram`` of EntropyFlowMC on ``target`` (see the module docstring).
+
+    With ``trained`` the chain runs that kernel from the first iteration: no HMC warm-up,
+    no training, nothing adapted (warm-up iterations are ordinary transitions).
+    """
+    dim = target.dim
+    if trained is not None:
+        train_steps = 0
+        template = jax.tree.map(jnp.asarray, trained.networks)
+    else:
+        # Masks are static and the initial hidden weights fixed: built once, on the host.
+        template = entropy.init_networks(
+            jax.random.key(0), dim, num_coupling_steps, width, depth, step_size=1.0, use_r=use_r
+        )
+    beta0 = 1.0 / dim if initial_beta is None else float(initial_beta)
+    hmc_part = hmc_program(target, target_accept=target_accept, max_steps=max_hmc_steps)
+    hmc_codes = jnp.asarray(adaptation.window_codes(hmc_warmup), jnp.int8)
+    per_round, round_ends = training_rounds(train_steps, hmc_warmup, None)
+    optimizer = ensemble.adam_with_decay(
+        learning_rate, train_steps, final_fraction=final_learning_rate / learning_rate
+    )
+    grads_per_walker = training_grads_per_walker(template)
+    n_grad, n_logp = entropy.grad_evals_per_transition(template)
+
+    def logdensity_fn(extras):
+        return lambda x: target.logdensity(x, *extras)
+
+    # --- the training recipe ----------------------------------------------------------
+    def objective(nets, key, walkers, context):
+        return entropy.entropy_objective(
+            nets,
+            key,
+            walkers,
+            logdensity_fn(context.extras),
+            context.beta,
+            preconditioner=_preconditioner(context),
+        )
+
+    def advance(key, nets, walkers, aux, context):
+        # The objective's proposals came from the current networks: accepting them with
+        # the MH probability is one exact transition of the current kernel per walker.
+        log_u = jnp.log(jax.random.uniform(key, walkers.shape[:1], walkers.dtype))
+        accept = log_u < aux.log_ratio
+        return jnp.where(accept[:, None], aux.proposal, walkers)
+
+    def adapt(context, aux):
+        beta = entropy.beta_update(context.beta, aux.mean_acceptance, target_acceptance, beta_rate)
+        return context._replace(beta=beta)
+
+    trainer = ensemble.Trainer(
+        objective, advance, optimizer, adapt=adapt, monitor=lambda aux: aux.mean_acceptance
+    )
+
+    def fresh_training(walkers, center, inverse_mass, step_size, extras):
+        log_eps = jnp.log(jnp.asarray(step_size, template.log_step_size.dtype))
+        nets = eqx.tree_at(lambda n: n.log_step_size, template, log_eps)
+        context = FlowContext(center, inverse_mass, jnp.asarray(beta0, jnp.float64), extras)
+        return ensemble.init(trainer, nets, walkers, context)
+
+    # --- one chain ----------------------------------------------------------------------
+    def init(position, extras):
+        hmc_carry = hmc_part.init(position, extras)
+        position = hmc_carry.state.position
+        if trained is None:
+            walkers = jnp.broadcast_to(position, (num_walkers, dim))
+            training = fresh_training(walkers, position, jnp.ones(dim), 1.0, tuple(extras))
+        else:
+            context = FlowContext(
+                jnp.asarray(trained.center),
+                jnp.asarray(trained.inverse_mass),
+                jnp.asarray(trained.beta, jnp.float64),
+                tuple(extras),
+            )
+            walkers = jnp.broadcast_to(context.center, (num_walkers, dim))
+            training = ensemble.init(trainer, template, walkers, context)
+        return EntropyCarry(
+            hmc=hmc_carry,
+            warmup_iteration=jnp.zeros((), jnp.int64),
+            center_welford=adaptation.welford_init(dim),
+            center_estimate=position,
+            recent=jnp.broadcast_to(position, (num_walkers, dim)),
+            training=training,
+            key=jax.random.key_data(jax.random.key(0)),
+            started=jnp.asarray(trained is not None),
+            report=_empty_report(),
+        )
+
+    def refresh(carry, position, extras):
+        hmc_carry = hmc_part.refresh(carry.hmc, position, extras)
+        training = carry.training
+        if extras:
+            training = training._replace(context=training.context._replace(extras=tuple(extras)))
+        return carry._replace(hmc=hmc_carry, training=training)
+
+    def hmc_iteration(key, carry, extras):
+        code = hmc_codes[jnp.minimum(carry.warmup_iteration, hmc_warmup - 1)]
+        hmc_carry, position, stats = hmc_part.tune(key, carry.hmc, code, extras)
+        collect = code >= adaptation.SLOW
+        updated = adaptation.welford_update(carry.center_welford, position)
+        welford = jax.tree.map(lambda a, b: jnp.where(collect, a, b), updated, carry.center_welford)
+        window_end = code == adaptation.SLOW_END
+        center = jnp.where(window_end, welford.mean, carry.center_estimate)
+        welford = jax.tree.map(
+            lambda a, b: jnp.where(window_end, a, b), adaptation.welford_init(dim), welford
+        )
+        carry = carry._replace(
+            hmc=hmc_carry,
+            warmup_iteration=carry.warmup_iteration + 1,
+            center_welford=welford,
+            center_estimate=center,
+            recent=carry.recent.at[carry.warmup_iteration % num_walkers].set(position),
+        )
+        nan = jnp.nan
+        # COMMON_STATS, then HMC's step_size and n_steps (HMC_STATS[2:4]).
+        stats = jnp.concatenate(
+            [stats[:4], stats[6:8], pack_stats(0, nan, nan, nan, nan, False)]
+        )
+        return carry, position, stats
+
+    def flow_iteration(key, carry, extras):
+        context = carry.training.context
+        nets = carry.training.params
+        kernel = entropy.build_kernel(logdensity_fn(extras))
+        s = carry.hmc.state
+        state, info = kernel(
+            key,
+            entropy.EntropyState(s.position, s.logdensity, s.gradient),
+            nets,
+            _preconditioner(context),
+        )
+        entropy_estimate = 0.5 * dim * math.log(2 * math.pi * math.e) + info.log_det
+        stats = pack_stats(
+            info.acceptance_rate,
+            info.nonfinite_proposal | info.nonfinite_reverse,
+            state.logdensity,
+            info.n_grad_evals + carry.hmc.refresh_evals,
+            info.step_size,
+            nets.num_coupling_steps,
+            info.n_logp_evals,
+            info.log_q_forward,
+            info.log_q_reverse,
+            entropy_estimate,
+            context.beta,
+            info.nonfinite_reverse,
+        )
+        hmc_state = hmc.HMCState(state.position, state.logdensity, state.logdensity_grad)
+        hmc_carry = carry.hmc._replace(state=hmc_state, refresh_evals=jnp.zeros((), int))
+        return carry._replace(hmc=hmc_carry), state.position, stats
+
+    def iterate(key, carry, extras, mode):
+        step = hmc_iteration if mode == HMC_MODE else flow_iteration
+        new_carry, position, stats = step(key, carry, extras)
+        r = carry.report
+        training_stats = pack_stats(
+            r.steps, r.rollbacks, r.loss, r.acceptance, r.grad_evals, 0.0  # time: the driver's
+        )
+        stats = jnp.concatenate([stats, training_stats])
+        return new_carry._replace(report=_empty_report()), position, stats
+
+    def tune(key, carry, code, extras, mode=HMC_MODE):
+        return iterate(key, carry, extras, mode)
+
+    def draw(key, carry, extras, mode=FLOW_MODE):
+        return iterate(key, carry, extras, mode)
+
+    # --- training: one chain -------------------------------------------------------------
+    def chain_estimates(carry):
+        step_size, inverse_mass = adaptation.warmup_final(carry.hmc.warmup)
+        return carry.center_estimate, inverse_mass, step_size
+
+    def start_chain(key, carry):
+        center, inverse_mass, step_size = chain_estimates(carry)
+        training = fresh_training(
+            carry.recent, center, inverse_mass, step_size, carry.training.context.extras
+        )
+        return carry._replace(
+            training=training, key=jax.random.key_data(key), started=jnp.ones((), bool)
+        )
+
+    def run_round(key_data, training, walkers_per_chain):
+        steps = jnp.clip(train_steps - training.num_steps, 0, per_round)
+        key = jax.random.wrap_key_data(key_data)
+        training, summary = ensemble.train(trainer, training, key, steps)
+        report = TrainingReport(
+            steps=summary.num_steps,
+            rollbacks=summary.num_rejected,
+            loss=summary.mean_loss,
+            acceptance=summary.mean_monitor,
+            grad_evals=summary.num_steps * walkers_per_chain * grads_per_walker,
+        )
+        return training, report
+
+    def train(key, carry):
+        carry = jax.lax.cond(carry.started, lambda c: c, lambda c: start_chain(key, c), carry)
+        training, report = run_round(carry.key, carry.training, num_walkers)
+        return carry._replace(training=training, report=_add_reports(carry.report, report))
+
+    # --- training: all chains, one kernel ---------------------------------------------------
+    def pooled_start(key, carry):
+        centers, inverse_masses, step_sizes = jax.vmap(chain_estimates)(carry)
+        # One preconditioner for all chains: the moments of the mixture of the estimates.
+        center = jnp.mean(centers, axis=0)
+        inverse_mass = jnp.mean(inverse_masses + (centers - center) ** 2, axis=0)
+        step_size = jnp.exp(jnp.mean(jnp.log(step_sizes)))
+        # The shared ensemble takes the first k walkers of each chain (``pooled_train``):
+        # reorder each chain's recent positions so that those k are spread over its last
+        # num_walkers HMC iterations rather than k consecutive, correlated ones.
+        chains = carry.started.shape[0]
+        walkers = carry.recent[:, _spread_order(num_walkers, _shared_per_chain(num_walkers, chains))]
+        training = jax.vmap(
+            lambda w, extras: fresh_training(w, center, inverse_mass, step_size, extras)
+        )(walkers, carry.training.context.extras)
+        return carry._replace(
+            training=training,
+            key=jnp.broadcast_to(jax.random.key_data(key), carry.key.shape),
+            started=jnp.ones_like(carry.started),
+        )
+
+    def pooled_train(key, carry):
+        chains = carry.started.shape[0]
+        carry = jax.lax.cond(carry.started[0], lambda c: c, lambda c: pooled_start(key, c), carry)
+        # The shared ensemble: the first k walkers of every chain, about num_walkers in all.
+        k = _shared_per_chain(num_walkers, chains)
+        batched = carry.training
+        shared = jax.tree.map(lambda a: a[0], batched)
+        shared = shared._replace(walkers=batched.walkers[:, :k].reshape(chains * k, dim))
+        shared, report = run_round(carry.key[0], shared, k)
+        walkers = batched.walkers.at[:, :k].set(shared.walkers.reshape(chains, k, dim))
+        training = jax.tree.map(
+            lambda a: jnp.broadcast_to(a, (chains, *jnp.shape(a))),
+            shared._replace(walkers=jnp.zeros(())),
+        )
+        context = training.context._replace(extras=batched.context.extras)
+        training = training._replace(walkers=walkers, context=context)
+        reports = jax.vmap(_add_reports, (0, None))(carry.report, report)
+        return carry._replace(training=training, report=reports)
+
+    def train_pending(carry):
+        started = np.asarray(carry.started)
+        done = np.asarray(carry.training.num_steps)
+        return bool((~started).any() or (done < train_steps).any())
+
+    def train_at(iteration, num_tune):
+        if num_tune is None:
+            return iteration in round_ends
+        return iteration in training_rounds(train_steps, hmc_warmup, num_tune)[1]
+
+    def mode_of(carry):
+        return FLOW_MODE if np.asarray(carry.started).all() else HMC_MODE
+
+    common = dict(
+        init=init,
+        tune=tune,
+        end_tune=lambda carry: carry,  # frozen by no longer training it
+        draw=draw,
+        refresh=refresh,
+        stat_specs=EntropyFlowMC.stat_specs(),
+        mode_of=mode_of,
+    )
+    if trained is not None:
+        return ChainProgram(**common)
+    return ChainProgram(
+        **common,
+        train=train,
+        pooled_train=pooled_train,
+        train_at=train_at,
+        train_pending=train_pending,
+    )
+
+
+class EntropyFlowMC(NeuralStep):
+    """The proposal-entropy neural sampler (Li, Chen & Sommer 2021), trained in warm-up.
+
+    Parameters
+    ----------
+    vars
+        Value variables to sample (all continuous ones by default).
+    num_coupling_steps
+        N, coupling steps of the flow. With R a transition costs 4N true gradients and one
+        log density; without R one gradient.
+    use_r
+        Use the R networks that choose where ∇U is evaluated (the paper's sampler); False
+        is the cheaper variant with the gradient only at x and x'.
+    num_walkers
+        Size of the training buffer: per chain under ``pm.sample``, shared by all chains
+        under ``pymc_neural_steps.sample``.
+    train_steps
+        Training budget in optimiser steps, whatever the length of ``tune``.
+    learning_rate, final_learning_rate
+        Adam's rate, decayed exponentially from the first to the second over the budget.
+    target_acceptance
+        Mean acceptance the β controller holds during training (lower it, e.g. to 0.6–0.7,
+        for targets where a high acceptance forces tiny proposals).
+    beta_rate, initial_beta
+        Gain of the β controller (log β += rate · (acceptance − target)) and β's start
+        (default 1/d).
+    hmc_warmup
+        Iterations of true-gradient HMC warm-up that set the preconditioner and initial ε.
+    width, depth
+        Hidden layers of the networks.
+    target_accept
+        Acceptance rate the HMC warm-up adapts its step size to.
+    model, rng, initial_point
+        As for PyMC's own step methods.
+
+    After warm-up ``step.trained`` holds the ``TrainedEntropyFlow`` (the last chain's under
+    ``pm.sample`` with ``cores=1``; the shared one under ``pymc_neural_steps.sample``);
+    ``save`` writes it, ``EntropyFlowMC.load`` / ``from_trained`` sample with it.
+    """
+
+    name = "entropyflow"
+    extra_stats: ClassVar[tuple[StatSpec, ...]] = ENTROPY_STATS
+
+    def __init__(
+        self,
+        vars=None,  # noqa: A002
+        *,
+        num_coupling_steps: int = 1,
+        use_r: bool = False,
+        num_walkers: int = 64,
+        train_steps: int = 3000,
+        learning_rate: float = 3e-3,
+        final_learning_rate: float = 1e-3,
+        target_acceptance: float = DEFAULT_TARGET_ACCEPTANCE,
+        beta_rate: float = entropy.DEFAULT_BETA_RATE,
+        initial_beta: float | None = None,
+        hmc_warmup: int = 200,
+        width: int = 64,
+        depth: int = 2,
+        target_accept: float = 0.8,
+        model=None,
+        rng=None,
+        initial_point=None,
+        blocked: bool = True,
+    ):
+        if num_coupling_steps < 1:
+            raise ValueError(f"num_coupling_steps must be at least 1, got {num_coupling_steps}")
+        if num_walkers < 1:
+            raise ValueError(f"num_walkers must be at least 1, got {num_walkers}")
+        if train_steps < 0:
+            raise ValueError(f"train_steps must not be negative, got {train_steps}")
+        if hmc_warmup < 1:
+            raise ValueError(f"hmc_warmup must be at least 1, got {hmc_warmup}")
+        if not 0.0 < target_acceptance < 1.0:
+            raise ValueError(f"target_acceptance must lie in (0, 1), got {target_acceptance}")
+        if not 0.0 < target_accept < 1.0:
+            raise ValueError(f"target_accept must lie in (0, 1), got {target_accept}")
+        if learning_rate <= 0 or final_learning_rate <= 0:
+            raise ValueError("learning rates must be positive")
+        if beta_rate < 0 or (initial_beta is not None and initial_beta <= 0):
+            raise ValueError("beta_rate must not be negative and initial_beta must be positive")
+        if width < 1 or depth < 1:
+            raise ValueError("width and depth must be positive")
+        self.options = dict(
+            num_coupling_steps=int(num_coupling_steps),
+            use_r=bool(use_r),
+            num_walkers=int(num_walkers),
+            train_steps=int(train_steps),
+            learning_rate=float(learning_rate),
+            final_learning_rate=float(final_learning_rate),
+            target_acceptance=float(target_acceptance),
+            beta_rate=float(beta_rate),
+            initial_beta=None if initial_beta is None else float(initial_beta),
+            hmc_warmup=int(hmc_warmup),
+            width=int(width),
+            depth=int(depth),
+            target_accept=float(target_accept),
+        )
+        self.trained: TrainedEntropyFlow | None = None
+        self._trained_start: TrainedEntropyFlow | None = None
+        super().__init__(vars, model=model, rng=rng, initial_point=initial_point, blocked=blocked)
+        self.layout = build_layout(self._model, self.vars, initial_point=initial_point)
+
+    def _program(self, target: Target) -> ChainProgram:
+        return entropy_program(target, trained=self._trained_start, **self.options)
+
+    def _tuned(self, carry: Any, *, batched: bool) -> None:
+        training = jax.device_get(carry.training)
+        if batched:
+            training = jax.tree.map(lambda a: a[0], training)
+        steps, rejected = int(training.num_steps), int(training.num_rejected)
+        if steps and rejected == steps:
+            warnings.warn(
+                f"EntropyFlowMC: all {steps} training steps gave a non-finite objective or "
+                "gradient and were rolled back; the kernel is the untrained one (MALA). The "
+                "draws are exact either way. Try a smaller learning_rate.",
+                UserWarning,
+                stacklevel=2,
+            )
+        if self._trained_start is not None:
+            self.trained = self._trained_start
+            return
+        self.trained = TrainedEntropyFlow(
+            networks=jax.tree.map(np.asarray, training.params),
+            center=np.asarray(training.context.center),
+            inverse_mass=np.asarray(training.context.inverse_mass),
+            beta=float(training.context.beta),
+            layout=self.layout.fingerprint(),
+            options=dict(self.options),
+            report={
+                "train_steps": steps,
+                "rollbacks": rejected,
+                "final_loss": _json_float(training.loss),
+            },
+        )
+
+    # --- reuse, save and load --------------------------------------------------------------
+    @classmethod
+    def from_trained(
+        cls, source: EntropyFlowMC | TrainedEntropyFlow, vars=None, *, model=None, **options  # noqa: A002
+    ) -> EntropyFlowMC:
+        """An EntropyFlowMC for ``model`` that samples with ``source``'s trained kernel.
+
+        ``model`` must have the parameter layout the kernel was trained on
+        (``LayoutMismatchError`` names the first variable that differs). Warm-up
+        iterations run the loaded kernel unchanged (no adaptation, no training).
+        """
+        if isinstance(source, EntropyFlowMC):
+            trained = source.trained or source._trained_start
+        else:
+            trained = source
+        if trained is None:
+            raise ValueError(
+                "This EntropyFlowMC step holds no trained kernel: it has not finished a "
+                "warm-up in this process (pm.sample with cores=1, or "
+                "pymc_neural_steps.sample), nor was it loaded."
+            )
+        settings = {k: v for k, v in trained.options.items() if k in _KERNEL_OPTIONS}
+        settings.update(options)
+        step = cls(vars, model=model, **settings)
+        step.layout.check_compatible(trained.layout, what="the model the kernel was trained on")
+        step._trained_start = trained
+        return step
+
+    def save(self, path) -> None:
+        """Write the trained kernel to directory ``path`` (``io.py``: arrays + JSON)."""
+        from pymc_neural_steps import io
+
+        trained = self.trained or self._trained_start
+        if trained is None:
+            raise ValueError(
+                "Nothing to save: this EntropyFlowMC step has not finished a warm-up in this "
+                "process."
+            )
+        nets = trained.networks
+        first = nets.halves[0].sqt
+        io.save_kernel(
+            path,
+            kind="EntropyFlowMC",
+            arrays={
+                "networks": nets,
+                "center": trained.center,
+                "inverse_mass": trained.inverse_mass,
+            },
+            layout=trained.layout,
+            metadata={
+                "network": {
+                    "dim": int(nets.dim),
+                    "num_coupling_steps": int(nets.num_coupling_steps),
+                    "width": int(first.weights[0].shape[0]),
+                    "depth": len(first.weights) - 1,
+                    "activation": first.activation,
+                    "use_r": bool(nets.use_r),
+                    "masks": [list(m) for m in nets.masks],
+                },
+                "beta": trained.beta,
+                "options": trained.options,
+                "report": trained.report,
+            },
+        )
+
+    @classmethod
+    def load(cls, path, vars=None, *, model=None, **options) -> EntropyFlowMC:  # noqa: A002
+        """An EntropyFlowMC for ``model`` from a directory written by ``save``.
+
+        Refused with ``LayoutMismatchError`` naming the variable if ``model``'s layout
+        differs from the saved one; otherwise as ``from_trained``.
+        """
+        import pymc as pm
+
+        from pymc_neural_steps import io
+
+        model = pm.modelcontext(model)
+        layout = build_layout(model, vars)
+        metadata = io.read_metadata(path, kind="EntropyFlowMC")
+        io.check_layout(metadata, layout)
+        shape = metadata["network"]
+        dim = shape["dim"]
+        generic = entropy.init_networks(
+            jax.random.key(0),
+            dim,
+            shape["num_coupling_steps"],
+            shape["width"],
+            shape["depth"],
+            use_r=shape["use_r"],
+            activation=shape["activation"],
+        )
+        template = entropy.FlowNetworks(
+            halves=generic.halves,
+            log_step_size=generic.log_step_size,
+            masks=tuple(tuple(bool(b) for b in m) for m in shape["masks"]),
+            use_r=bool(shape["use_r"]),
+        )
+        arrays = io.load_arrays(
+            path,
+            {"networks": template, "center": np.zeros(dim), "inverse_mass": np.zeros(dim)},
+            metadata,
+        )
+        trained = TrainedEntropyFlow(
+            networks=jax.tree.map(np.asarray, arrays["networks"]),
+            center=np.asarray(arrays["center"]),
+            inverse_mass=np.asarray(arrays["inverse_mass"]),
+            beta=float(metadata.get("beta", 1.0)),
+            layout=metadata["layout"],
+            options=dict(metadata.get("options") or {}),
+            report=dict(metadata.get("report") or {}),
+        )
+        return cls.from_trained(trained, vars, model=model, **options)
+
+
+def _shared_per_chain(num_walkers: int, chains: int) -> int:
+    return max(1, -(-num_walkers // chains))
+
+
+def _spread_order(num_walkers: int, k: int) -> np.ndarray:
+    """A permutation of range(num_walkers) whose first k entries are evenly strided."""
+    stride = max(1, num_walkers // k)
+    return np.argsort(np.arange(num_walkers) % stride, kind="stable")
+
+
+# Settings that describe the kernel itself and travel with it.
+_KERNEL_OPTIONS = frozenset({"num_coupling_steps", "use_r", "width", "depth"})
+
+
+def _json_float(x) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
