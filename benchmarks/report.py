@@ -187,6 +187,13 @@ def _problem_notes(cells: Sequence[dict[str, Any]]) -> list[str]:
             lines.append(f"{name}: ESS/grad total incomplete ({c.get('training_grads_source', '')})")
         if c.get("artifact_error"):
             lines.append(f"{name}: artifacts not kept ({c['artifact_error']})")
+        report = c.get("training_report") or {}
+        if "accept_true" in report and "accept_surrogate" in report:
+            true, surrogate = report["accept_true"], report["accept_surrogate"]
+            if isinstance(true, float) and isinstance(surrogate, float):
+                lines.append(f"{name}: last assessment, acceptance with the surrogate {surrogate:.2f} vs "
+                             f"the true gradient {true:.2f} at the same step size (gap {true - surrogate:+.2f}); "
+                             f"passed: {report.get('passed', 'n/a')}")
         per_second = c.get("ess_per_second_sampling")
         if per_second is None or (isinstance(per_second, float) and math.isnan(per_second)):
             lines.append(f"{name}: no draw-phase time, ESS/s sampling not available")

@@ -15,6 +15,7 @@ the report is also written as ``DIR/benchmarks.md`` and ``DIR/benchmarks.json``.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import shlex
@@ -24,6 +25,8 @@ import traceback
 import warnings
 from pathlib import Path
 from typing import Any
+
+import jax
 
 from benchmarks import artifacts
 from benchmarks import overhead as overhead_module
@@ -116,6 +119,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _training_report(step) -> dict[str, Any] | None:
+    """What a learned step says about its training (``trained.report``: for NNgHMC the
+    acceptance of the surrogate and of the true gradient at the same step size)."""
+    trained = getattr(step, "trained", None)
+    report = getattr(trained, "report", None)
+    if not isinstance(report, dict):
+        return None
+    kept = {k: v for k, v in report.items() if isinstance(v, bool | int | float | str) or v is None}
+    if isinstance(getattr(trained, "passed", None), bool):
+        kept["passed"] = trained.passed
+    return kept
+
+
+def _release_compiled() -> None:
+    """Drop the cell's compiled JAX programs. Every XLA executable keeps memory mappings,
+    and a full run compiles thousands (nutpie's flow adaptation alone, hundreds per cell):
+    kept, they reach the kernel's per-process mapping limit (65,530 here) and LLVM then
+    fails with "Cannot allocate memory" in whichever cell comes next."""
+    gc.collect()
+    jax.clear_caches()
+    gc.collect()
+
+
 def _warm_process() -> None:
     """Pay import and backend start-up before the first timing, so no cell is charged for it."""
     import jax.numpy as jnp
@@ -170,13 +196,18 @@ def run_cell(
             sampling_time=run.sampling_time,
         ))
         cell["sampling_time_source"] = run.sampling_time_source
+        cell["training_report"] = _training_report(run.step)
         if artifacts_dir is not None:
             try:
                 cell["artifacts"] = artifacts.save_cell(artifacts_dir, target_name, sampler.name, groups,
                                                         run.step, keep_trained=keep_trained)
             except Exception as error:  # noqa: BLE001 -- the numbers stand without the pictures
                 cell["artifact_error"] = f"{type(error).__name__}: {error}"
-    except Exception as error:  # noqa: BLE001 -- a failed cell is a result, not the end of the run
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as error:  # noqa: BLE001 -- a failed cell is a result, not the end of
+        # the run; BaseException too: a Rust panic inside nutpie arrives as pyo3's
+        # PanicException, which derives from BaseException.
         cell["status"] = "failed"
         first_line = (str(error).strip().splitlines() or [""])[0]
         cell["error"] = f"{type(error).__name__}: {first_line[:300]}"
@@ -275,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     cell = run_cell(target_name, reference, SAMPLERS[sampler_name], per_target[target_name],
                                     artifacts_dir=artifacts_dir, keep_trained=target.keep_trained)
+                    _release_compiled()
                 cells.append(cell)
                 done = f"[{len(cells)}/{total}] {target_name} / {sampler_name}: "
                 if cell["status"] == "ok":

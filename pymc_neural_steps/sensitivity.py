@@ -28,11 +28,13 @@ import pandas as pd
 import pymc as pm
 
 from pymc_neural_steps._compat import group_dataset
+from pymc_neural_steps.testing import _posterior
 from pymc_neural_steps.steps.nnghmc import NNgHMC, TrainedNNgHMC
 
 __all__ = ["SensitivityResult", "plot_forest", "sensitivity_analysis"]
 
 _SAMPLE_DIMS = ("chain", "draw")
+RHAT_WARNING = 1.05  # above this, a variant's chains disagree and the user is told so
 
 
 def _label(name: str, index: tuple[int, ...]) -> str:
@@ -69,8 +71,17 @@ def _diagnostics(result, wall_time: float) -> dict[str, float]:
         "n_surrogate_evals": total("n_surrogate_evals"),
         "surrogate_nonfinite": total("surrogate_nonfinite"),
         "divergences": total("diverging"),
+        "max_rhat": _max_rhat(result),
         "wall_time": wall_time,
     }
+
+
+def _max_rhat(result) -> float:
+    posterior = group_dataset(result, "posterior")
+    if posterior.sizes.get("chain", 1) < 2:
+        return float("nan")
+    values = _posterior.rhat(_posterior.posterior_dataset(result))
+    return float(max(np.nanmax(values[name].values) for name in values.data_vars))
 
 
 def plot_forest(results: Mapping[str, Any], var_names: Sequence[str] | None = None, **kwargs):
@@ -101,7 +112,9 @@ class SensitivityResult:
                     (variant, "mean" | "sd");
     ``diagnostics`` one row per variant: mean acceptance, step size and steps per draw,
                     total true gradients and surrogate evaluations in the draws, rejected
-                    non-finite surrogate proposals, divergences, wall time;
+                    non-finite surrogate proposals, divergences, the largest R-hat
+                    (a variant above 1.05 also warns: its posterior left the region the
+                    surrogate was trained on), wall time;
     ``forest``      the forest plot made by ``sensitivity_analysis(plot=True)``, else None.
     """
 
@@ -177,6 +190,16 @@ def sensitivity_analysis(
                 result = pm.sample(step=new_step, **{**quiet, **sample_kwargs})
         results[name] = result
         rows[name] = _diagnostics(result, time.perf_counter() - start)
+        if rows[name]["max_rhat"] > RHAT_WARNING:
+            warnings.warn(
+                f"prior variant {name!r}: the chains disagree (max R-hat "
+                f"{rows[name]['max_rhat']:.2f}). This prior moves the posterior out of the "
+                "region the surrogate was trained on, where its gradient is wrong: the draws "
+                "are still exact but mix too slowly to trust. Train a new NNgHMC on this "
+                "variant instead (pm.sample(step=NNgHMC()) under its model).",
+                UserWarning,
+                stacklevel=2,
+            )
 
     moments = {name: _moments(result, var_names) for name, result in results.items()}
     labels = list(dict.fromkeys(label for m in moments.values() for label in m))

@@ -3,6 +3,11 @@
     python scripts/l2hmc_efficiency.py scg icg --seeds 1 2 3
     python scripts/l2hmc_efficiency.py scg rotated banana funnel --samplers l2hmc nutpie
     python scripts/l2hmc_efficiency.py scg --samplers nutpie_nf   # needs flowjax importable
+    python scripts/l2hmc_efficiency.py rotated --options "{'dense_whitening': False}"
+
+The L2HMC table in ``steps/l2hmc.py``'s docstring came from
+
+    python scripts/l2hmc_efficiency.py rotated scg icg banana funnel --draws 2000 --seeds 20240601
 
 Targets (``pymc_neural_steps.testing``): ``scg`` the 2-d strongly correlated Gaussian
 (variances 1e2 and 1e-1 rotated by π/4), ``icg`` the 50-d ill-conditioned Gaussian

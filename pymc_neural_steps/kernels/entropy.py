@@ -40,15 +40,20 @@ gradient at x is carried in the state, and the one at x' comes with log p(x'), s
 transition costs ONE gradient evaluation. With R, each half-update evaluates ∇U at its own
 point: 2N per direction, 4N per transition, plus one log density (no gradient) at x'.
 
-Preconditioning. Given a fixed diagonal preconditioner (loc μ, scale s; s² is the
-posterior-variance estimate, i.e. the inverse mass of ``hmc.py``), the flow runs in
-whitened coordinates y = (x − μ)/s, where log p_y(y) = log p(μ + s⊙y) + Σ log s and
-∇_y log p_y = s⊙∇_x log p. The map is a fixed bijection with constant Jacobian, so
-q_x(x'|x) = q_y(y'|y) / Π s and the Π s cancels in the MH ratio: the chain is exact for ANY
-fixed (μ, s); it must not change during a chain. Densities and log-determinants reported
-here are in model coordinates (they include −Σ log s and +Σ log s respectively). Networks
-are trained in whitened coordinates, so a trained ``FlowNetworks`` belongs with the
-preconditioner it was trained under.
+Preconditioning. Given a fixed preconditioner (loc μ, scale S), the flow runs in whitened
+coordinates y = S⁻¹(x − μ). S is either diagonal (a vector s of posterior standard
+deviations, the square root of ``hmc.py``'s inverse mass: S y = s⊙y) or dense (a (d, d)
+lower-triangular Cholesky factor L of a covariance estimate Σ = L Lᵀ: S y = L y); the maps
+are ``whitening.py``'s and dispatch on ``scale.ndim``. Then log p_y(y) = log p(μ + S y) +
+log|det S| and ∇_y log p_y = Sᵀ∇_x log p. The map is a fixed bijection with constant
+Jacobian, so q_x(x'|x) = q_y(y'|y) / |det S| and |det S| cancels in the MH ratio: the chain
+is exact for ANY fixed (μ, S); it must not change during a chain. At zero networks the
+proposal is preconditioned MALA, N(x + ½ε²Σ∇log p(x), ε²Σ) with Σ = S Sᵀ. Only a dense S
+undoes correlations and rotations: on a rotated ill-conditioned Gaussian the diagonally
+whitened target keeps its condition number (~1e4 for ``testing.rotated_gaussian(20)``).
+Densities and log-determinants reported here are in model coordinates (they include
+−log|det S| and +log|det S| respectively). Networks are trained in whitened coordinates,
+so a trained ``FlowNetworks`` belongs with the preconditioner it was trained under.
 
 Training objective (§3.3), per starting point x, maximised (a Jensen lower bound on
 log[acceptance × exp(β · entropy)]):
@@ -78,6 +83,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pymc_neural_steps import whitening
 from pymc_neural_steps.kernels.hmc import mh_accept
 from pymc_neural_steps.nets import ACTIVATIONS
 
@@ -374,7 +380,12 @@ def _log_normal(z: jax.Array) -> jax.Array:
 
 
 class Preconditioner(NamedTuple):
-    """Fixed diagonal affine map x = loc + scale ⊙ y; fix it before sampling."""
+    """Fixed affine map x = loc + S y; fix it before sampling.
+
+    ``scale`` is S: a vector of standard deviations (diagonal, S y = s ⊙ y) or a (d, d)
+    lower-triangular Cholesky factor L of a covariance estimate (dense, S y = L y). The
+    maps dispatch on ``scale.ndim`` (``whitening.py``), static under jit.
+    """
 
     loc: jax.Array
     scale: jax.Array
@@ -387,10 +398,16 @@ def identity_preconditioner(dim: int, dtype=jnp.float64) -> Preconditioner:
 def preconditioner_from_inverse_mass(
     inverse_mass: jax.Array, loc: jax.Array | None = None
 ) -> Preconditioner:
-    """Scale = √(inverse mass) = posterior standard deviations; loc centres the network inputs."""
+    """Scale from the inverse mass M⁻¹ = Σ; loc centres the network inputs.
+
+    A vector M⁻¹ (variances) gives the diagonal S = √M⁻¹; a (d, d) matrix gives the dense
+    S = cholesky(M⁻¹) (``whitening.scale_from_inverse_mass``).
+    """
     inverse_mass = jnp.asarray(inverse_mass)
-    loc = jnp.zeros_like(inverse_mass) if loc is None else jnp.asarray(loc, inverse_mass.dtype)
-    return Preconditioner(loc, jnp.sqrt(inverse_mass))
+    dim = inverse_mass.shape[-1]
+    dtype = inverse_mass.dtype
+    loc = jnp.zeros(dim, dtype) if loc is None else jnp.asarray(loc, dtype)
+    return Preconditioner(loc, whitening.scale_from_inverse_mass(inverse_mass))
 
 
 def _resolve(preconditioner, x):
@@ -400,17 +417,25 @@ def _resolve(preconditioner, x):
 
 
 def _whiten(pc, x):
-    return (x - pc.loc) / pc.scale
+    return whitening.to_white(x, pc.loc, pc.scale)
 
 
 def _unwhiten(pc, y):
-    return pc.loc + pc.scale * y
+    return whitening.from_white(y, pc.loc, pc.scale)
+
+
+def _grad_to_white(pc, grad_x):
+    return whitening.grad_to_white(grad_x, pc.scale)
+
+
+def _log_scale(pc):
+    return whitening.log_det(pc.scale)
 
 
 def _whitened_grad_fn(grad_fn, pc):
     if grad_fn is None:
         return None
-    return lambda y: pc.scale * grad_fn(_unwhiten(pc, y))
+    return lambda y: _grad_to_white(pc, grad_fn(_unwhiten(pc, y)))
 
 
 def _propose_white(nets, key, y, grad_y_fn, grad_y):
@@ -447,11 +472,11 @@ def proposal(
     ½d log(2πe) + E[log|det ∂x'/∂z₀|]; −log q(x'|x) is a one-sample estimate of it.
     """
     pc = _resolve(preconditioner, x)
-    grad_y = None if grad_x is None else pc.scale * grad_x
+    grad_y = None if grad_x is None else _grad_to_white(pc, grad_x)
     y_new, lq, log_det = _propose_white(
         nets, key, _whiten(pc, x), _whitened_grad_fn(grad_fn, pc), grad_y
     )
-    log_scale = jnp.sum(jnp.log(pc.scale))
+    log_scale = _log_scale(pc)
     return _unwhiten(pc, y_new), lq - log_scale, log_det + log_scale
 
 
@@ -469,7 +494,7 @@ def log_q(
     pushes z_rev = (x − x')/ε through f⁻¹(·; x').
     """
     pc = _resolve(preconditioner, x_from)
-    grad_y = None if grad_from is None else pc.scale * grad_from
+    grad_y = None if grad_from is None else _grad_to_white(pc, grad_from)
     lq = _log_q_white(
         nets,
         _whiten(pc, x_from),
@@ -477,7 +502,7 @@ def log_q(
         _whitened_grad_fn(grad_fn, pc),
         grad_y,
     )
-    return lq - jnp.sum(jnp.log(pc.scale))
+    return lq - _log_scale(pc)
 
 
 def log_acceptance_ratio(logp_from, logp_to, log_q_forward, log_q_reverse) -> jax.Array:
@@ -511,7 +536,7 @@ def _transition(nets, key, position, logdensity, logdensity_grad, logdensity_fn,
     grad_fn = jax.grad(logdensity_fn)
     grad_y_fn = _whitened_grad_fn(grad_fn, pc) if nets.use_r else None
     y = _whiten(pc, position)
-    grad_y = None if nets.use_r else pc.scale * logdensity_grad
+    grad_y = None if nets.use_r else _grad_to_white(pc, logdensity_grad)
     y_new, lq_forward, log_det = _propose_white(nets, key, y, grad_y_fn, grad_y)
     x_new = _unwhiten(pc, y_new)
     if nets.use_r:
@@ -521,10 +546,10 @@ def _transition(nets, key, position, logdensity, logdensity_grad, logdensity_fn,
         grad_y_new = None
     else:
         logdensity_new, grad_new = jax.value_and_grad(logdensity_fn)(x_new)
-        grad_y_new = pc.scale * grad_new
+        grad_y_new = _grad_to_white(pc, grad_new)
     lq_reverse = _log_q_white(nets, y_new, y, grad_y_fn, grad_y_new)
     # Σ log s cancels in the ratio; subtract it from the reported densities only.
-    log_scale = jnp.sum(jnp.log(pc.scale))
+    log_scale = _log_scale(pc)
     lq_forward, lq_reverse = lq_forward - log_scale, lq_reverse - log_scale
     log_ratio = log_acceptance_ratio(logdensity, logdensity_new, lq_forward, lq_reverse)
     return _Transition(

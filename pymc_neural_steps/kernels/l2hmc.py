@@ -36,12 +36,15 @@ distribution (the burn-in term); the step size ε is learned as log ε.
 
 Departures from the paper (all keep the kernel exact):
 
-- *Whitening.* The operator runs in coordinates y with x = c + s ⊙ y, s = √diag(M⁻¹),
-  taken from a short HMC warm-up. The log-Jacobian of this fixed map is a constant that
-  cancels in the MH ratio, and with zero networks the kernel is exactly HMC with the
-  diagonal inverse mass matrix M⁻¹ (leapfrog in y with unit mass is leapfrog in x with mass
-  M). The networks see O(1) inputs whatever the target's scale, and the ESJD loss measures
-  jumps in posterior standard deviations, so no coordinate dominates it.
+- *Whitening.* The operator runs in coordinates y with x = c + S y, taken from a short
+  HMC warm-up: S = √M⁻¹ (elementwise) for a diagonal inverse mass matrix of shape (d,),
+  S = L = cholesky(M⁻¹) for a dense one of shape (d, d) (``pymc_neural_steps.whitening``).
+  The log-Jacobian log|det S| of this fixed map is a constant that cancels in the MH ratio,
+  and with zero networks the kernel is exactly HMC with inverse mass matrix M⁻¹ (leapfrog
+  in y with unit mass is leapfrog in x with mass M, the momentum being p = S⁻ᵀ v); the tests
+  check both forms to 1e-12. The networks see O(1) inputs whatever the target's scale, and
+  the ESJD loss measures jumps in posterior standard deviations, so no coordinate dominates
+  it. Only a dense S undoes correlations and rotations (see ``steps/l2hmc.py``).
 - *One direction per transition.* The reference code runs both directions for every chain
   and masks one away, doubling the cost. Here each sub-update evaluates its network once
   and then selects the forward or the inverse formula elementwise (a ``where`` on cheap
@@ -66,6 +69,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from pymc_neural_steps import whitening
 from pymc_neural_steps.kernels.hmc import DIVERGENCE_THRESHOLD
 
 __all__ = [
@@ -383,7 +387,11 @@ def sample_direction(key: jax.Array) -> jax.Array:
 
 
 def _whitening(position, inverse_mass, center):
-    scale = jnp.ones_like(position) if inverse_mass is None else jnp.sqrt(inverse_mass)
+    """(c, S) of x = c + S y: S = √M⁻¹ for a vector M⁻¹, cholesky(M⁻¹) for a matrix."""
+    if inverse_mass is None:
+        scale = jnp.ones_like(position)
+    else:
+        scale = whitening.scale_from_inverse_mass(jnp.asarray(inverse_mass, position.dtype))
     center = jnp.zeros_like(position) if center is None else jnp.asarray(center)
     return center, scale
 
@@ -405,11 +413,11 @@ def _propose(nets, state, momentum, direction, logdensity_fn, inverse_mass, cent
     value_and_grad = jax.value_and_grad(logdensity_fn)
 
     def whitened_field(y):
-        # log p_y(y) = log p(c + s⊙y) + Σ log s; the constant cancels in the MH ratio.
-        logp, grad = value_and_grad(center + scale * y)
-        return logp, scale * grad
+        # log p_y(y) = log p(c + S y) + log|det S|; the constant cancels in the MH ratio.
+        logp, grad = value_and_grad(whitening.from_white(y, center, scale))
+        return logp, whitening.grad_to_white(grad, scale)
 
-    y = (state.position - center) / scale
+    y = whitening.to_white(state.position, center, scale)
     traj = forward(
         nets,
         y,
@@ -417,11 +425,12 @@ def _propose(nets, state, momentum, direction, logdensity_fn, inverse_mass, cent
         whitened_field,
         direction,
         state.logdensity,
-        scale * state.logdensity_grad,
+        whitening.grad_to_white(state.logdensity_grad, scale),
     )
-    position = center + scale * traj.position  # exactly where the log density was taken
-    grad = traj.logdensity_grad / scale
-    # ½‖v‖² in whitened coordinates is ½ pᵀM⁻¹p with p = v / s.
+    # Exactly where the log density was taken.
+    position = whitening.from_white(traj.position, center, scale)
+    grad = whitening.grad_from_white(traj.logdensity_grad, scale)
+    # ½‖v‖² in whitened coordinates is ½ pᵀM⁻¹p with p = S⁻ᵀ v.
     energy_start = -state.logdensity + 0.5 * jnp.sum(momentum**2)
     energy_proposal = -traj.logdensity + 0.5 * jnp.sum(traj.momentum**2)
     finite = (
@@ -462,7 +471,8 @@ def transition(
 ) -> tuple[L2HMCState, L2HMCInfo]:
     """One L2HMC transition given its random inputs; the kernel is this plus the draws.
 
-    ``momentum`` is the whitened momentum v ~ N(0, I) (the HMC momentum is v / √M⁻¹),
+    ``momentum`` is the whitened momentum v ~ N(0, I) (the HMC momentum is S⁻ᵀ v, S = √M⁻¹
+    for a diagonal M⁻¹ of shape (d,), S = cholesky(M⁻¹) for a dense one of shape (d, d)),
     ``direction`` is ±1 and the proposal is accepted iff ``log_uniform`` < log A.
     """
     prop = _propose(nets, state, momentum, direction, logdensity_fn, inverse_mass, center)
@@ -494,10 +504,13 @@ def build_kernel(
 ):
     """An L2HMC transition on ``logdensity_fn`` (log p of the flat vector x).
 
-    ``kernel(key, state, nets, inverse_mass=None, center=None)``: ``inverse_mass`` (diagonal
-    M⁻¹, e.g. the posterior variances from an HMC warm-up) and ``center`` define the fixed
-    whitening x = center + √M⁻¹ ⊙ y in which the networks were trained; they belong with
-    the networks and must be saved with them. Cost: ``nets.num_steps`` gradients.
+    ``kernel(key, state, nets, inverse_mass=None, center=None)``: ``inverse_mass`` (M⁻¹,
+    either diagonal, shape (d,), e.g. the posterior variances from an HMC warm-up, or dense,
+    shape (d, d), an estimated posterior covariance) and ``center`` define the fixed
+    whitening x = center + S y (S = √M⁻¹ elementwise, or the Cholesky factor of M⁻¹) in
+    which the networks were trained; they belong with the networks and must be saved with
+    them. Cost: ``nets.num_steps`` gradients (plus a d × d Cholesky factorisation per
+    transition in the dense case).
     """
 
     def kernel(

@@ -23,6 +23,7 @@ import pytest
 
 jax.config.update("jax_enable_x64", True)
 
+from pymc_neural_steps import whitening as W  # noqa: E402
 from pymc_neural_steps.kernels import entropy as E  # noqa: E402
 
 BOTH_VARIANTS = pytest.mark.parametrize("use_r", [True, False], ids=["with_R", "without_R"])
@@ -54,19 +55,37 @@ def non_gaussian_grad_numpy(x):
     return g
 
 
+def as_cholesky(scale):
+    """S as a matrix: diag(s) for a vector of standard deviations, L itself for a matrix."""
+    scale = np.asarray(scale)
+    return np.diag(scale) if scale.ndim == 1 else scale
+
+
 def mala_log_q(x_from, x_to, eps, scale):
-    """log N(x_to; x_from + ½ε² s²⊙∇log p(x_from), ε² s²): MALA with M = diag(1/s²)."""
-    mean = x_from + 0.5 * eps**2 * scale**2 * non_gaussian_grad_numpy(x_from)
-    std = eps * scale
-    return np.sum(-0.5 * ((x_to - mean) / std) ** 2 - np.log(std) - 0.5 * np.log(2 * np.pi))
+    """log N(x_to; x_from + ½ε² Σ∇log p(x_from), ε² Σ), Σ = S Sᵀ: MALA with M = Σ⁻¹.
 
-
-def random_preconditioner(seed, dim):
-    rng = np.random.default_rng(seed)
-    return E.Preconditioner(
-        loc=jnp.asarray(0.3 * rng.standard_normal(dim)),
-        scale=jnp.asarray(np.exp(0.5 * rng.standard_normal(dim))),
+    Written with NumPy from the covariance alone (no whitening code), for a diagonal
+    (S = diag(s)) or dense (S = L) preconditioner.
+    """
+    chol = as_cholesky(scale)
+    cov = chol @ chol.T
+    mean = x_from + 0.5 * eps**2 * cov @ non_gaussian_grad_numpy(x_from)
+    r = x_to - mean
+    _, logdet = np.linalg.slogdet(eps**2 * cov)
+    return -0.5 * r @ np.linalg.solve(eps**2 * cov, r) - 0.5 * logdet - 0.5 * len(r) * np.log(
+        2 * np.pi
     )
+
+
+def random_preconditioner(seed, dim, dense=False):
+    rng = np.random.default_rng(seed)
+    loc = jnp.asarray(0.3 * rng.standard_normal(dim))
+    diagonal = np.exp(0.5 * rng.standard_normal(dim))
+    if not dense:
+        return E.Preconditioner(loc=loc, scale=jnp.asarray(diagonal))
+    # A lower-triangular factor with strong off-diagonal terms: a rotated, correlated Σ.
+    chol = np.tril(0.3 * rng.standard_normal((dim, dim)), -1) + np.diag(diagonal)
+    return E.Preconditioner(loc=loc, scale=jnp.asarray(chol))
 
 
 # --------------------------------------------------------------------------------------
@@ -92,14 +111,20 @@ def small_nets(use_r, step_size=0.37):
 def proposal_report(nets, pc, key):
     x = X0
 
+    def white(x):
+        return W.to_white(x, pc.loc, pc.scale)
+
+    def grad_white(g):
+        return W.grad_to_white(g, pc.scale)
+
     def whitened_grad(y):
-        return pc.scale * GRAD_FN(pc.loc + pc.scale * y)
+        return grad_white(GRAD_FN(W.from_white(y, pc.loc, pc.scale)))
 
     def position_from_base(x_from, z0):
-        # The whole proposal map in model coordinates: x_from + ε s⊙f(z₀; y_from).
-        y_from = (x_from - pc.loc) / pc.scale
-        z, _ = E.flow_forward(nets, y_from, z0, whitened_grad, pc.scale * GRAD_FN(x_from))
-        return pc.loc + pc.scale * (y_from + nets.step_size * z)
+        # The whole proposal map in model coordinates: x_from + ε S f(z₀; y_from).
+        y_from = white(x_from)
+        z, _ = E.flow_forward(nets, y_from, z0, whitened_grad, grad_white(GRAD_FN(x_from)))
+        return W.from_white(y_from + nets.step_size * z, pc.loc, pc.scale)
 
     def direct_log_det(x_from, z0):
         return jnp.linalg.slogdet(jax.jacfwd(lambda z: position_from_base(x_from, z))(z0))[1]
@@ -110,14 +135,14 @@ def proposal_report(nets, pc, key):
     x_new, lq_forward, log_det = E.proposal(nets, key_proposal, x, GRAD_FN, preconditioner=pc)
     z0 = jax.random.normal(key_proposal, (DIM,), x.dtype)
     # The flow itself, in whitened coordinates: forward, then inverse.
-    y, grad_y = (x - pc.loc) / pc.scale, pc.scale * GRAD_FN(x)
+    y, grad_y = white(x), grad_white(GRAD_FN(x))
     z, flow_log_det = E.flow_forward(nets, y, z0, whitened_grad, grad_y)
     z0_back, flow_log_det_inverse = E.flow_inverse(nets, y, z, whitened_grad, grad_y)
     lq_reverse = E.log_q(nets, x_new, x, GRAD_FN, preconditioner=pc)
     # The reverse by hand: invert the flow at x', check it maps back to x.
-    y_new = (x_new - pc.loc) / pc.scale
-    z_rev = ((x - pc.loc) / pc.scale - y_new) / nets.step_size
-    z0_rev, _ = E.flow_inverse(nets, y_new, z_rev, whitened_grad, pc.scale * GRAD_FN(x_new))
+    y_new = white(x_new)
+    z_rev = (white(x) - y_new) / nets.step_size
+    z0_rev, _ = E.flow_inverse(nets, y_new, z_rev, whitened_grad, grad_white(GRAD_FN(x_new)))
     new_state, info = KERNEL(key, E.init(x, non_gaussian_logp), nets, pc)
     return dict(
         x_new=x_new,
@@ -149,14 +174,19 @@ def test_zero_networks_are_mala(use_r):
     nets = small_nets(use_r, step_size=eps)
     key = jax.random.key(2)
     x = np.asarray(X0)
-    for pc in [E.identity_preconditioner(DIM), random_preconditioner(1, DIM)]:
+    for pc in [
+        E.identity_preconditioner(DIM),
+        random_preconditioner(1, DIM),
+        random_preconditioner(1, DIM, dense=True),  # preconditioned MALA with a dense Σ
+    ]:
         r = jax.tree.map(np.asarray, proposal_report(nets, pc, key))
         s = np.asarray(pc.scale)
-        mean = x + 0.5 * eps**2 * s**2 * non_gaussian_grad_numpy(x)
-        np.testing.assert_allclose(r["x_new"], mean + eps * s * r["z0"], rtol=0, atol=1e-12)
+        chol = as_cholesky(s)
+        mean = x + 0.5 * eps**2 * chol @ chol.T @ non_gaussian_grad_numpy(x)
+        np.testing.assert_allclose(r["x_new"], mean + eps * chol @ r["z0"], rtol=0, atol=1e-12)
         assert abs(r["lq_forward"] - mala_log_q(x, r["x_new"], eps, s)) < 1e-12
         assert abs(r["lq_reverse"] - mala_log_q(r["x_new"], x, eps, s)) < 1e-12
-        assert abs(r["log_det"] - np.sum(np.log(eps * s))) < 1e-12
+        assert abs(r["log_det"] - np.sum(np.log(eps * np.diagonal(chol)))) < 1e-12
         # The kernel's MH test uses these densities.
         info = r["info"]
         assert abs(info.log_q_forward - mala_log_q(x, r["x_new"], eps, s)) < 1e-12
@@ -169,30 +199,42 @@ def test_zero_networks_are_mala(use_r):
 # --------------------------------------------------------------------------------------
 
 
-def random_report(use_r):
+def random_report(use_r, dense=False):
     nets = randomize(small_nets(use_r, step_size=0.6), seed=102, scale=0.3)
-    pc = random_preconditioner(7, DIM)
+    # Seed 11 for the dense factor: a reverse density of moderate size (|log q| ~ 1e3),
+    # so the 1e-10 absolute tolerances below stay meaningful.
+    pc = random_preconditioner(11 if dense else 7, DIM, dense=dense)
     return nets, pc, jax.tree.map(np.asarray, proposal_report(nets, pc, jax.random.key(9)))
 
 
-@BOTH_VARIANTS
-def test_flow_inverse_inverts_forward(use_r):
-    nets, pc, r = random_report(use_r)
-    mala_z = r["z0"] + 0.5 * float(nets.step_size) * np.asarray(pc.scale) * np.asarray(
-        GRAD_FN(X0)
+# Diagonal and dense preconditioners, with R; dense without R.
+REPORT_CASES = pytest.mark.parametrize(
+    "use_r,dense",
+    [(True, False), (False, False), (True, True), (False, True)],
+    ids=["with_R", "without_R", "with_R_dense", "without_R_dense"],
+)
+
+
+@REPORT_CASES
+def test_flow_inverse_inverts_forward(use_r, dense):
+    nets, pc, r = random_report(use_r, dense)
+    mala_z = r["z0"] + 0.5 * float(nets.step_size) * np.asarray(
+        W.grad_to_white(GRAD_FN(X0), pc.scale)
     )
     assert np.max(np.abs(r["z"] - mala_z)) > 1e-2  # the networks really act
     np.testing.assert_allclose(r["z0_back"], r["z0"], rtol=0, atol=1e-10)
     assert abs(r["flow_log_det_inverse"] - r["flow_log_det"]) < 1e-10
 
 
-@BOTH_VARIANTS
-def test_log_det_is_log_abs_det_jacobian(use_r):
-    nets, pc, r = random_report(use_r)
+@REPORT_CASES
+def test_log_det_is_log_abs_det_jacobian(use_r, dense):
+    nets, pc, r = random_report(use_r, dense)
     # log|det ∂x'/∂z₀| by jacfwd of the whole proposal map (model coordinates) ...
     assert abs(r["log_det"] - r["direct_log_det"]) < 1e-10
-    # ... and the flow's own term: it minus d log ε + Σ log s.
-    constant = DIM * float(nets.log_step_size) + float(jnp.sum(jnp.log(pc.scale)))
+    # ... and the flow's own term: it minus d log ε + log|det S| (slogdet, not W.log_det).
+    constant = DIM * float(nets.log_step_size) + float(
+        np.linalg.slogdet(as_cholesky(pc.scale))[1]
+    )
     assert abs(r["flow_log_det"] - (r["direct_log_det"] - constant)) < 1e-10
     assert abs(r["flow_log_det"]) > 0.1  # a non-trivial Jacobian
 
@@ -219,10 +261,10 @@ def test_flow_inverse_in_one_dimension():
     assert abs(ld - ld_inverse) < 1e-10 and abs(ld - ld_jacfwd) < 1e-10 and abs(ld) > 0.05
 
 
-@BOTH_VARIANTS
-def test_densities_match_change_of_variables(use_r):
+@REPORT_CASES
+def test_densities_match_change_of_variables(use_r, dense):
     """q(x'|x), q(x|x') vs log N(z₀) − log|det ∂x'/∂z₀| (jacfwd, model coordinates)."""
-    nets, pc, r = random_report(use_r)
+    nets, pc, r = random_report(use_r, dense)
     assert abs(r["lq_forward"] - (E._log_normal(r["z0"]) - r["direct_log_det"])) < 1e-10
     # Reverse: z0_rev (inverse flow at x' from z_rev = (x − x')/ε) maps back to x, and
     # q(x|x') is the change-of-variables density of that map at z0_rev.
@@ -263,7 +305,9 @@ def batch_means_z_scores(values, truth, num_batches=10):
 
 
 @pytest.mark.parametrize(
-    "use_r,preconditioned", [(True, True), (False, False)], ids=["with_R_diag", "without_R"]
+    "use_r,preconditioned",
+    [(True, True), (False, False), (False, "dense")],
+    ids=["with_R_diag", "without_R", "without_R_dense"],
 )
 def test_exact_with_random_networks(use_r, preconditioned):
     nets = randomize(
@@ -271,11 +315,13 @@ def test_exact_with_random_networks(use_r, preconditioned):
         seed=103,
         scale=0.2,
     )
-    pc = (
-        E.Preconditioner(loc=jnp.array([0.5, -1.0]), scale=jnp.array([0.8, 1.5]))
-        if preconditioned
-        else None
-    )
+    if preconditioned == "dense":
+        # A dense factor that does not match GAUSS_COV (any fixed one is exact).
+        pc = E.Preconditioner(loc=jnp.array([0.5, -1.0]), scale=jnp.array([[0.8, 0.0], [1.2, 1.1]]))
+    elif preconditioned:
+        pc = E.Preconditioner(loc=jnp.array([0.5, -1.0]), scale=jnp.array([0.8, 1.5]))
+    else:
+        pc = None
     kernel = E.build_kernel(correlated_gaussian_logp)
     chains, draws = 32, 2500
 

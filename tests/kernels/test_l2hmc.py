@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from pymc_neural_steps.kernels import hmc, l2hmc
 
@@ -119,6 +120,119 @@ def test_zero_networks_are_hmc_both_directions():
     assert outcomes == {True, False}, "the comparison should cover accepts and rejects"
 
 
+# A dense inverse mass matrix (an estimated posterior covariance): the kernel then whitens
+# with its Cholesky factor L, x = c + L y, and the HMC momentum is p = L⁻ᵀ v.
+DENSE_INVERSE_MASS = jnp.array([[0.9, 0.5, -0.2], [0.5, 1.6, 0.3], [-0.2, 0.3, 0.7]])
+DENSE_CENTER = jnp.array([0.3, -0.2, 0.1])
+
+
+def dense_leapfrog(x, p, step_size, num_steps):
+    """Leapfrog in x with the dense mass matrix M = DENSE_INVERSE_MASS⁻¹, written out."""
+    field = jax.grad(quartic_logdensity)
+    for _ in range(num_steps):
+        p = p + 0.5 * step_size * field(x)
+        x = x + step_size * DENSE_INVERSE_MASS @ p
+        p = p + 0.5 * step_size * field(x)
+    return x, p
+
+
+def dense_hamiltonian(x, p):
+    return -quartic_logdensity(x) + 0.5 * p @ DENSE_INVERSE_MASS @ p
+
+
+def test_zero_networks_with_a_dense_whitening_are_hmc_with_that_mass_matrix():
+    nets = l2hmc.init_networks(jax.random.key(0), DIM, NUM_STEPS, step_size=0.6)
+    chol = np.linalg.cholesky(np.asarray(DENSE_INVERSE_MASS))
+    transition = jax.jit(
+        lambda x0, v, direction, log_u: l2hmc.transition(
+            nets, l2hmc.init(x0, quartic_logdensity), v, direction, log_u, quartic_logdensity,
+            DENSE_INVERSE_MASS, DENSE_CENTER)
+    )
+    tol = dict(rtol=1e-12, atol=1e-12)
+    outcomes = set()
+    for seed in range(8):
+        rng = np.random.default_rng(seed)
+        x0, v = jnp.asarray(rng.standard_normal(DIM)), jnp.asarray(rng.standard_normal(DIM))
+        log_u = jnp.log(rng.uniform())
+        p = jnp.asarray(np.linalg.solve(chol.T, np.asarray(v)))  # p = L⁻ᵀ v
+        for direction in (1, -1):
+            new, info = transition(x0, v, direction, log_u)
+            # Direction −1 is leapfrog with −ε: HMC's leapfrog from momentum −p.
+            x1, p1 = dense_leapfrog(x0, direction * p, float(nets.step_size), NUM_STEPS)
+            energy_error = dense_hamiltonian(x1, p1) - dense_hamiltonian(x0, p)
+            np.testing.assert_allclose(info.proposal, x1, **tol)
+            np.testing.assert_allclose(info.energy_error, energy_error, rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(
+                info.acceptance_rate, jnp.exp(jnp.minimum(-energy_error, 0.0)), **tol
+            )
+            np.testing.assert_allclose(info.esjd, info.acceptance_rate * jnp.sum((x1 - x0) ** 2),
+                                       **tol)
+            assert bool(info.is_accepted) == bool(log_u < -energy_error)
+            assert float(info.log_jacobian) == 0.0
+            if info.is_accepted:
+                np.testing.assert_allclose(new.position, x1, **tol)
+                np.testing.assert_allclose(new.logdensity_grad,
+                                           jax.grad(quartic_logdensity)(x1), **tol)
+            outcomes.add(bool(info.is_accepted))
+    assert outcomes == {True, False}, "the comparison should cover accepts and rejects"
+
+
+def test_dense_whitening_is_reversible_and_its_log_jacobian_is_the_operators():
+    # The whole proposal in ORIGINAL coordinates, (x, p) -> (x', p') with p = L⁻ᵀ v: its
+    # log|det| must equal the operator's log-Jacobian (the whitening's |det L| and the
+    # momentum's |det L|⁻¹ cancel), running it back from (x', p') with −d must return
+    # (x, p), and the MH log ratios of the two moves must be opposite (detailed balance).
+    dim = DIM
+    nets = random_networks(4, step_size=0.4)
+    chol = jnp.linalg.cholesky(DENSE_INVERSE_MASS)
+    field = jax.value_and_grad(quartic_logdensity)
+
+    def white_field(y):
+        logp, grad = field(DENSE_CENTER + chol @ y)
+        return logp, chol.T @ grad
+
+    def operator(z, direction):
+        x, p = z[:dim], z[dim:]
+        y = jax.scipy.linalg.solve_triangular(chol, x - DENSE_CENTER, lower=True)
+        out = l2hmc.forward(nets, y, chol.T @ p, white_field, direction)
+        p_new = jax.scipy.linalg.solve_triangular(chol.T, out.momentum, lower=False)
+        return jnp.concatenate([DENSE_CENTER + chol @ out.position, p_new]), out.log_jacobian
+
+    @jax.jit
+    def check(z0, direction):
+        z1, log_jac = operator(z0, direction)
+        sign, logdet = jnp.linalg.slogdet(jax.jacfwd(lambda z: operator(z, direction)[0])(z0))
+        z2, log_jac_back = operator(z1, -direction)
+        # The kernel's own proposal and log ratio, forward and back (u = −inf: accept).
+        x0, p0, x1, p1 = z0[:dim], z0[dim:], z1[:dim], z1[dim:]
+        start, back = l2hmc.init(x0, quartic_logdensity), l2hmc.init(x1, quartic_logdensity)
+        _, info = l2hmc.transition(nets, start, chol.T @ p0, direction, -jnp.inf,
+                                   quartic_logdensity, DENSE_INVERSE_MASS, DENSE_CENTER)
+        _, info_back = l2hmc.transition(nets, back, chol.T @ p1, -direction, -jnp.inf,
+                                        quartic_logdensity, DENSE_INVERSE_MASS, DENSE_CENTER)
+        return z1, z2, sign, logdet, log_jac, log_jac_back, info, info_back
+
+    z0 = jnp.asarray(np.random.default_rng(5).standard_normal(2 * dim))
+    for direction in (1, -1):
+        z1, z2, sign, logdet, log_jac, log_jac_back, info, info_back = check(z0, direction)
+        assert float(jnp.sum((z1 - z0)[:dim] ** 2)) > 1e-2 and abs(float(log_jac)) > 1e-2
+        assert float(sign) != 0.0
+        np.testing.assert_allclose(log_jac, logdet, rtol=0, atol=1e-10)
+        np.testing.assert_allclose(z2, z0, rtol=0, atol=1e-10)
+        np.testing.assert_allclose(log_jac_back, -log_jac, rtol=0, atol=1e-10)
+        np.testing.assert_allclose(info.proposal, z1[:dim], rtol=0, atol=1e-10)
+        np.testing.assert_allclose(info_back.proposal, z0[:dim], rtol=0, atol=1e-10)
+        np.testing.assert_allclose(info.log_jacobian, log_jac, rtol=0, atol=1e-10)
+        ratio = -info.energy_error + info.log_jacobian
+        ratio_back = -info_back.energy_error + info_back.log_jacobian
+        np.testing.assert_allclose(ratio_back, -ratio, rtol=0, atol=1e-9)
+        np.testing.assert_allclose(
+            info.energy_error,
+            dense_hamiltonian(z1[:dim], z1[dim:]) - dense_hamiltonian(z0[:dim], z0[dim:]),
+            rtol=0, atol=1e-10,
+        )
+
+
 # ---------------------------------------------------------------------- 2. exact inverse
 
 
@@ -200,13 +314,18 @@ def batch_means_z(samples, truth, batches_per_chain=2):
     return (means.mean() - truth) / mcse
 
 
-def test_random_networks_sample_the_target_exactly():
+@pytest.mark.parametrize("inverse_mass", [
+    # Deliberately imperfect whitenings, to exercise them rather than make them trivial:
+    # diagonal, and dense with the wrong sign of correlation.
+    [1.5, 0.7],
+    [[1.5, -0.5], [-0.5, 0.7]],
+], ids=["diagonal", "dense"])
+def test_random_networks_sample_the_target_exactly(inverse_mass):
     # The shape of the SCG test's networks below, so the constructor compiles once for both.
     # Dropping the log-Jacobian from the MH ratio gives |z| ≈ 6-12 here: the test has power.
     dim, num_steps, num_chains, num_draws = 2, 10, 256, 400
     nets = random_networks(6, dim, num_steps, step_size=0.1)
-    # Deliberately imperfect whitening, to exercise it rather than make it trivial.
-    inverse_mass = jnp.array([1.5, 0.7])
+    inverse_mass = jnp.asarray(inverse_mass)
     center = jnp.array([0.7, -1.5])
     kernel = l2hmc.build_kernel(gaussian_logdensity)
 

@@ -18,6 +18,7 @@ from pymc_neural_steps.testing import (
     check_exactness,
     funnel,
     german_credit,
+    rotated_gaussian,
     strongly_correlated_gaussian,
 )
 
@@ -127,6 +128,8 @@ def test_save_and_load_round_trip(pooled_run, tmp_path):
             np.testing.assert_array_equal(a, b)
         assert trained.networks.masks == step.trained.networks.masks
         assert trained.networks.use_r == step.trained.networks.use_r
+        # d = 2 ≤ 100: dense whitening by default, a (d, d) covariance round-trips.
+        assert trained.inverse_mass.shape == (2, 2)
         np.testing.assert_array_equal(trained.inverse_mass, step.trained.inverse_mass)
         np.testing.assert_array_equal(trained.center, step.trained.center)
         assert trained.beta == step.trained.beta
@@ -144,6 +147,32 @@ def test_save_and_load_round_trip(pooled_run, tmp_path):
             EntropyFlowMC.load(tmp_path / "kernel")
         with pytest.raises(LayoutMismatchError, match="x"):
             EntropyFlowMC.from_trained(step)
+
+
+def test_pooled_dense_whitening_is_shared_and_fixed(pooled_run):
+    _, step, _ = pooled_run
+    [(carry, _)] = step.tuned_carries
+    context = carry.training.context
+    assert context.inverse_mass.shape == (4, 2, 2) and context.scale.shape == (4, 2, 2)
+    for chain in range(1, 4):  # one whitening for all chains
+        np.testing.assert_array_equal(context.inverse_mass[chain], context.inverse_mass[0])
+    cov = context.inverse_mass[0]
+    np.testing.assert_allclose(context.scale[0] @ context.scale[0].T, cov, rtol=1e-10)
+    # SCG's π/4 rotation: the pooled warm-up estimate finds the strong correlation.
+    assert cov[0, 1] / np.sqrt(cov[0, 0] * cov[1, 1]) > 0.9
+
+
+def test_rotated_gaussian_exact_with_dense_whitening():
+    # The 20-d rotated Gaussian (eigenvalues 1e-2..1e2): a diagonal whitening leaves it
+    # ill-conditioned (~1e4); the dense one must sample it, exactly.
+    reference = rotated_gaussian(20)
+    with reference.build_model():
+        step = EntropyFlowMC(train_steps=1000, hmc_warmup=100, rewhiten_steps=200)
+        result = pns.sample(step, chains=4, draws=1500, tune=150, random_seed=7,
+                            progressbar=False)
+    assert step.trained.inverse_mass.shape == (20, 20)
+    check_exactness(result, reference).assert_passed()
+    assert stats_of(result)["acceptance_rate"].values.mean() > 0.3
 
 
 # ------------------------------------------------------------------ pm.sample
@@ -235,7 +264,7 @@ def test_a_training_run_that_never_succeeds_is_reported():
     nets = entropy_kernel.init_networks(jax.random.key(0), 2, width=8)
     training = ensemble.TrainingState(
         params=nets, opt_state=(), walkers=jnp.zeros((4, 2)),
-        context=FlowContext(jnp.zeros(2), jnp.ones(2), jnp.asarray(0.5), ()),
+        context=FlowContext(jnp.zeros(2), jnp.ones(2), jnp.ones(2), jnp.asarray(0.5), ()),
         num_steps=jnp.asarray(50), num_rejected=jnp.asarray(50), loss=jnp.asarray(jnp.nan),
     )
     with pytest.warns(UserWarning, match="rolled back"):
@@ -254,6 +283,7 @@ def test_bad_options_are_refused():
             (dict(target_acceptance=1.0), "target_acceptance"),
             (dict(target_accept=0.0), "target_accept"),
             (dict(initial_beta=0.0), "initial_beta"),
+            (dict(dense_whitening="yes"), "dense_whitening"),
         ):
             with pytest.raises(ValueError, match=match):
                 EntropyFlowMC(**options)

@@ -14,7 +14,12 @@ from pymc_neural_steps import L2HMC, LayoutMismatchError
 from pymc_neural_steps._compat import group_dataset
 from pymc_neural_steps.kernels import l2hmc as l2hmc_kernel
 from pymc_neural_steps.steps.l2hmc import TrainedL2HMC, training_rounds
-from pymc_neural_steps.testing import check_exactness, funnel, strongly_correlated_gaussian
+from pymc_neural_steps.testing import (
+    check_exactness,
+    funnel,
+    rotated_gaussian,
+    strongly_correlated_gaussian,
+)
 
 # Small enough for a unit test, long enough to train the SCG far past HMC's ESS.
 OPTIONS = dict(train_steps=1000)
@@ -123,6 +128,8 @@ def test_save_and_load_round_trip(pooled_run, tmp_path):
         loaded = L2HMC.load(tmp_path / "kernel")
         for a, b in zip(leaves(loaded._trained_start.networks), leaves(step.trained.networks)):
             np.testing.assert_array_equal(a, b)
+        # d = 2 <= DENSE_MAX_DIM: the default whitening is dense, a (d, d) M⁻¹ round-trips.
+        assert step.trained.inverse_mass.shape == (2, 2)
         np.testing.assert_array_equal(loaded._trained_start.inverse_mass, step.trained.inverse_mass)
         # A loaded kernel samples from the first draw: no warm-up, no training.
         result = pns.sample(loaded, draws=1000, tune=0, chains=4, random_seed=5, progressbar=False)
@@ -163,6 +170,23 @@ def test_exact_under_pm_sample_with_one_kernel_per_chain():
     assert (total % (2 * 64 * 11) == 0).all()
 
 
+def test_rotated_gaussian_is_sampled_exactly_with_the_dense_whitening():
+    # 20-d, eigenvalues 1e-2..1e2 under a random rotation: no diagonal whitening helps (with
+    # it the benchmark saw bulk ESS 17 of 8000 and |z| = 4.06). The dense whitening from the
+    # pooled HMC warm-up makes it easy; a short training budget keeps the test quick.
+    reference = rotated_gaussian(20)
+    with reference.build_model():
+        step = RecordingL2HMC(train_steps=200)
+        result = pns.sample(step, chains=4, draws=2000, tune=400, random_seed=11,
+                            progressbar=False)
+    check_exactness(result, reference).assert_passed()
+    [(carry, _)] = step.tuned_carries
+    inverse_mass = np.asarray(carry.training.context.inverse_mass)
+    assert inverse_mass.shape == (4, 20, 20)
+    np.testing.assert_array_equal(inverse_mass[1:], inverse_mass[:1].repeat(3, 0))
+    assert stats_of(result)["acceptance_rate"].values.mean() > 0.3  # 0.48 on this seed
+
+
 def test_training_budget_does_not_depend_on_tune():
     # The HMC warm-up has a schedule of its own and training draws its randomness by
     # optimiser step, so however the budget is split over warm-up (PyMC 6 knows tune,
@@ -170,7 +194,9 @@ def test_training_budget_does_not_depend_on_tune():
     reference = strongly_correlated_gaussian()
     kernels = {}
     with reference.build_model():
-        step = RecordingL2HMC(train_steps=120, hmc_warmup=100)
+        # The diagonal whitening here (the dense one is the default at d = 2), so that the
+        # step-level path that large models take is exercised too.
+        step = RecordingL2HMC(train_steps=120, hmc_warmup=100, dense_whitening=False)
         for tune in (110, 160, 700, 60):
             step.tuned_carries.clear()
             result = pm.sample(step=step, chains=1, cores=1, draws=5, tune=tune, random_seed=9,
@@ -181,6 +207,7 @@ def test_training_budget_does_not_depend_on_tune():
             stats = [stats_of(result, g) for g in ("warmup_sample_stats", "sample_stats")]
             assert sum(int(s["training_steps"].values.sum()) for s in stats) == 120, tune
             kernels[tune] = carry.training.params
+            assert carry.training.context.inverse_mass.shape == (2,)
     for tune in (160, 700):
         for a, b in zip(leaves(kernels[110]), leaves(kernels[tune])):
             np.testing.assert_array_equal(a, b)
@@ -263,6 +290,7 @@ def test_bad_options_are_refused():
             (dict(train_steps=-1), "train_steps"),
             (dict(step_size_jitter=1.0), "jitter"),
             (dict(target_accept=1.0), "target_accept"),
+            (dict(dense_whitening="yes"), "dense_whitening"),
         ):
             with pytest.raises(ValueError, match=match):
                 L2HMC(**options)
@@ -316,8 +344,10 @@ def test_a_collapsed_kernel_is_replaced_by_the_best_one_scored():
     # The end-of-budget guard must hand the chain the best kernel scored on the way.
     reference = strongly_correlated_gaussian()
     with reference.build_model():
+        # The diagonal whitening: with the dense one (the default at d = 2) this SCG is close
+        # to N(0, I) and these seeds did not collapse, which is good news but no test.
         step = RecordingL2HMC(train_steps=40, hmc_warmup=100, learning_rate=3.0,
-                              final_learning_rate=1.0)
+                              final_learning_rate=1.0, dense_whitening=False)
         result = pns.sample(step, chains=2, draws=300, tune=150, random_seed=6,
                             discard_tuned_samples=False, progressbar=False)
     [(carry, _)] = step.tuned_carries
@@ -327,9 +357,9 @@ def test_a_collapsed_kernel_is_replaced_by_the_best_one_scored():
     assert step.trained.report["restored_best"] is True
     for a, b in zip(leaves(carry.training.params), leaves(carry.best.params)):
         np.testing.assert_array_equal(a, b)
-    # Without the guard this chain accepts nothing; with it, it moves. (The best kernel by
-    # ESJD is not the one with the highest acceptance: a long step accepted now and then
-    # scores above a short one accepted always, so expect movement, not a high rate.)
-    assert draws["acceptance_rate"].values.mean() > 0.05
-    assert (np.diff(group_dataset(result)["x"].values, axis=1) != 0).any(-1).mean() > 0.05
+    # Without the guard these chains accept nothing; with it, every chain moves. (The best
+    # kernel by ESJD need not accept often: a long step accepted now and then scores above a
+    # short one accepted always, so this asks for movement, not for a high rate.)
+    assert draws["acceptance_rate"].values.mean(1).min() > 0
+    assert (np.diff(group_dataset(result)["x"].values, axis=1) != 0).any(-1).any(1).all()
     assert np.isfinite(group_dataset(result)["x"].values).all()

@@ -4,6 +4,7 @@ import cloudpickle
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import arviz as az
 import numpy as np
 import pymc as pm
 import pytest
@@ -340,7 +341,24 @@ def test_sensitivity_analysis_table_and_forest_plot(logistic_wide):
     tight_abs = table[("N(0, 1)", "mean")].abs()
     assert (tight_abs <= wide_abs + 0.05).all()
     assert (analysis.diagnostics["n_grad_evals"] == 0).all()
+    assert (analysis.diagnostics["max_rhat"] < 1.05).all()
     assert analysis.forest is not None
+
+
+def test_max_rhat_flags_chains_that_disagree():
+    from pymc_neural_steps import sensitivity
+
+    def result(values):  # ArviZ 0.x takes groups as keywords, ArviZ 1.x as one dict
+        try:
+            return az.from_dict(posterior={"b": values})
+        except TypeError:
+            return az.from_dict({"posterior": {"b": values}})
+
+    rng = np.random.default_rng(0)
+    agree = result(rng.normal(size=(2, 400)))
+    apart = result(rng.normal(size=(2, 400)) + np.array([[0.0], [3.0]]))
+    assert sensitivity._max_rhat(agree) < 1.05
+    assert sensitivity._max_rhat(apart) > 1.05
 
 
 def test_steps_survive_pickling_for_worker_processes(logistic_wide):
