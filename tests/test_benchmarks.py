@@ -223,3 +223,27 @@ def test_runner_survives_a_failing_sampler_and_writes_report_and_figures(tmp_pat
     assert figures["banana_gradient_field"]["status"] == "skipped"
     assert figures["funnel_traces"]["status"] == "skipped"
     assert len(list(out.glob("*.json"))) == 1 and len(list(out.glob("*.md"))) == 1
+
+
+def test_merge_fills_cells_a_budget_skipped_and_notes_the_second_run():
+    from benchmarks.merge import merge
+
+    def run(cells, command, per_target):
+        return {
+            "cells": cells, "command": command, "duration_s": 10.0, "notes": [],
+            "settings": {"per_target": per_target}, "targets": {t: t for t in per_target},
+            "target_sources": {t: "ref" for t in per_target},
+            "environment": {"date": "today", "load_average_at_start": [1.0, 1.0, 1.0]},
+        }
+
+    first = run([{"target": "a", "sampler": "s", "status": "ok", "ess_bulk": 1.0},
+                 {"target": "b", "sampler": "s", "status": "skipped"}], "first", {"a": {}, "b": {}})
+    second = run([{"target": "b", "sampler": "s", "status": "ok", "ess_bulk": 2.0},
+                  {"target": "a", "sampler": "s", "status": "ok", "ess_bulk": 9.0}], "second", {"b": {}})
+    merged = merge(first, second)
+    by_key = {(c["target"], c["sampler"]): c for c in merged["cells"]}
+    assert by_key[("a", "s")]["ess_bulk"] == 1.0  # a cell that ran is kept
+    assert by_key[("b", "s")]["ess_bulk"] == 2.0  # a skipped one is filled
+    assert merged["duration_s"] == 20.0
+    assert "`second`" in merged["notes"][-1] and "b / s" in merged["notes"][-1]
+    assert first["cells"][1]["status"] == "skipped"  # the inputs are not modified
