@@ -38,6 +38,7 @@ __all__ = [
     "METADATA_FILE",
     "check_layout",
     "load_arrays",
+    "read_for_model",
     "read_metadata",
     "save_kernel",
 ]
@@ -146,6 +147,20 @@ def check_layout(metadata: dict, layout: Layout) -> None:
     if not isinstance(saved, dict) or "variables" not in saved:
         raise LayoutMismatchError("the saved kernel does not record its model's parameter layout")
     layout.check_compatible(saved, what="the model the saved kernel was trained on")
+
+
+def read_for_model(path: str | os.PathLike, kind: str, model, vars=None) -> tuple[Layout, dict]:  # noqa: A002
+    """The first steps of every method's ``load``: ``model``'s parameter layout (the model
+    in context when None) and the saved kernel's metadata, refused with
+    ``LayoutMismatchError`` naming the variable if the layouts differ."""
+    import pymc as pm
+
+    from pymc_neural_steps.target import build_layout
+
+    layout = build_layout(pm.modelcontext(model), vars)
+    metadata = read_metadata(path, kind=kind)
+    check_layout(metadata, layout)
+    return layout, metadata
 
 
 def load_arrays(path: str | os.PathLike, template: Any, metadata: dict | None = None) -> Any:

@@ -934,14 +934,9 @@ class EntropyFlowMC(NeuralStep):
         Refused with ``LayoutMismatchError`` naming the variable if ``model``'s layout
         differs from the saved one; otherwise as ``from_trained``.
         """
-        import pymc as pm
-
         from pymc_neural_steps import io
 
-        model = pm.modelcontext(model)
-        layout = build_layout(model, vars)
-        metadata = io.read_metadata(path, kind="EntropyFlowMC")
-        io.check_layout(metadata, layout)
+        layout, metadata = io.read_for_model(path, "EntropyFlowMC", model, vars)
         shape = metadata["network"]
         dim = shape["dim"]
         generic = entropy.init_networks(

@@ -918,14 +918,9 @@ class L2HMC(NeuralStep):
         Refused with ``LayoutMismatchError`` naming the variable if ``model``'s layout
         differs from the saved one; otherwise as ``from_trained``.
         """
-        import pymc as pm
-
         from pymc_neural_steps import io
 
-        model = pm.modelcontext(model)
-        layout = build_layout(model, vars)
-        metadata = io.read_metadata(path, kind="L2HMC")
-        io.check_layout(metadata, layout)
+        layout, metadata = io.read_for_model(path, "L2HMC", model, vars)
         shape = metadata["network"]
         template = l2hmc.init_networks(
             jax.random.key(0), shape["dim"], shape["num_steps"], shape["width"], shape["depth"]

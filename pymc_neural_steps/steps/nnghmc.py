@@ -997,10 +997,7 @@ class NNgHMC(NeuralStep):
         """
         from pymc_neural_steps import io
 
-        model = pm.modelcontext(model)
-        layout = build_layout(model, vars)
-        metadata = io.read_metadata(path, kind="NNgHMC")
-        io.check_layout(metadata, layout)
+        layout, metadata = io.read_for_model(path, "NNgHMC", model, vars)
         spec = SurrogateSpec.from_json(metadata["surrogate_spec"])
         template, _ = TrainedNNgHMC.structure(spec)
         arrays = io.load_arrays(
