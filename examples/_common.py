@@ -41,12 +41,14 @@ def draw_gradients(result):
 
 
 def compare(rows, var_names=None):
-    """Print ESS, ESS per gradient and per second of total wall time for (label, result, s)."""
+    """Print ESS, ESS per true gradient of the draw phase and per second of total wall time
+    for each (label, result, seconds)."""
     print(f"\n{'sampler':<24s} {'min ESS':>8s} {'ESS/grad':>9s} {'ESS/s total':>12s}")
     rates = {}
     for label, result, seconds in rows:
         ess = min_bulk_ess(result, var_names)
         grads = draw_gradients(result)
         rates[label] = ess / seconds
-        print(f"{label:<24s} {ess:8.0f} {ess / max(grads, 1):9.4f} {ess / seconds:12.2f}")
+        per_grad = f"{ess / grads:9.4f}" if grads else f"{'inf':>9s}"  # no true gradient
+        print(f"{label:<24s} {ess:8.0f} {per_grad} {ess / seconds:12.2f}")
     return rates

@@ -4,9 +4,13 @@
 ...     idata = pm.sample(step=NNgHMC())
 """
 
-from pymc_neural_steps.sampling import sample
-from pymc_neural_steps.steps import EntropyFlowMC, JaxHMC, L2HMC, NNgHMC, TrainedNNgHMC
-from pymc_neural_steps.target import (
+from pymc_neural_steps import _xla
+
+_xla.install()  # jaxlib < 0.11 on the CPU: no batched LAPACK kernels (see _xla.py)
+
+from pymc_neural_steps.sampling import sample  # noqa: E402
+from pymc_neural_steps.steps import EntropyFlowMC, JaxHMC, L2HMC, NNgHMC, TrainedNNgHMC  # noqa: E402
+from pymc_neural_steps.target import (  # noqa: E402
     DiscreteVariableError,
     LayoutMismatchError,
     NonFiniteInitialPointError,

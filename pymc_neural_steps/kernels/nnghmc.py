@@ -134,10 +134,12 @@ def build_kernel(
         is False past the proposal (the U-turn continuation) and once the trajectory has
         become non-finite or divergent.
 
-    Returns ``kernel(key, state, params, record_state=None) -> (state, info, record_state)``.
+    Returns ``kernel(key, state, params, record_state=None, continue_to_uturn=True) ->
+    (state, info, record_state)``; ``continue_to_uturn`` (traced) switches the continuation
+    of ``find_uturn`` off for this transition, which then reports no U-turn.
     """
 
-    def kernel(key, state: HMCState, params: HMCParams, record_state=None):
+    def kernel(key, state: HMCState, params: HMCParams, record_state=None, continue_to_uturn=True):
         key_momentum, key_accept = jax.random.split(key)
         eps, inverse_mass = params.step_size, params.inverse_mass
         num_steps = jnp.asarray(params.num_steps, jnp.int64)
@@ -148,7 +150,7 @@ def build_kernel(
         def keep_going(t: _Trajectory):
             go = t.i < num_steps
             if find_uturn:
-                go = go | ((t.i < max_steps) & ~t.turned & ~t.stopped)
+                go = go | (continue_to_uturn & (t.i < max_steps) & ~t.turned & ~t.stopped)
             return go
 
         def one_step(t: _Trajectory) -> _Trajectory:
@@ -215,7 +217,9 @@ def build_kernel(
             energy_error=energy_error,
             num_steps=num_steps,
             num_integrated=integrated,
-            uturn_steps=trajectory.uturn_steps,
+            # A U-turn seen before the proposal without continuing would be a censored
+            # sample (only short ones are seen): none is reported.
+            uturn_steps=jnp.where(continue_to_uturn, trajectory.uturn_steps, 0),
             is_nonfinite=~finite,
             n_grad_evals=integrated if exact else zero,
             n_field_evals=zero if exact else integrated,

@@ -58,8 +58,11 @@ for all chains (``pooled_train``): one preconditioner from the pooled HMC estima
 one ensemble of ``num_walkers`` walkers drawn from all chains.
 
 Defaults, and why (chosen for robustness across targets, not for one of them):
-``use_r=True, num_coupling_steps=1`` is the paper's configuration (4 gradients per
-transition: 2N where the R network places them in the forward flow, 2N in the reverse),
+``use_r=False, num_coupling_steps=1``: the cheaper variant, one gradient per transition
+(at x', reused as the next transition's gradient at x), where the paper's configuration,
+``use_r=True``, costs 4 (2N where the R network places them in the forward flow, 2N in the
+reverse) and gave the same ESS per MH step on German credit (below), so 4× fewer ESS per
+gradient;
 ``target_acceptance=0.9`` (``entropy.DEFAULT_TARGET_ACCEPTANCE``; the paper's Gaussian
 ESS figures need acceptance near 0.9), ``width=64, depth=2`` tanh MLPs, Adam with the
 rate decaying from ``learning_rate`` to ``final_learning_rate``, initial β = 1/d.
@@ -86,9 +89,19 @@ version whose pilot kept only the last training round's positions (150 steps; 0.
 step), ``use_r=True`` gave the same ESS per step at 4× the gradients, target_acceptance
 0.6 / 0.9 gave 0.298 / 0.253, and re-whitening at 1000 steps 0.328: the remaining limit
 is the flow, not the whitening. *Funnel: the exactness check FAILS on ESS (5–6) and
-R-hat (up to 2.6), not on z:
-the flow never learns the neck's position-dependent scale; the diagonal whitening is no
-better (bulk 5) and neither is target_acceptance=0.6. With ``dense_whitening=False``
+R-hat (up to 2.6), not on z. Diagnosed (2026-11-23, seeds 1 and 2): acceptance by v is
+0.68–0.90 wherever the chains go, and the flow does learn x's exp(v/2) scale (sd(Δx) /
+exp(v/2) ≈ 0.8–1.1 over v in [−6, 2]); what it never learns is the *coordinated* move
+that changes v and rescales all 19 x_i with it. Its v steps have sd 0.07–0.23, below
+v's conditional sd given x (≈ 0.32), so v random-walks (lag-1 autocorrelation 0.995).
+Trained offline on exact funnel draws for 36,000 steps, the squared v jump was still
+0.027; a hand-written coordinated proposal (v' = v + a z_v, x' = x exp((v' − v)/2) +
+s exp(v'/2) z_x) reached 0.75–3.95 at acceptance 0.64–0.79. A coupling step gives only the
+x_i in the other half from v that dependence, and the objective does not pull towards it
+(the rescaling adds nothing to the entropy term on average); neither 2–4 coupling steps,
+20,000 training steps, 256 walkers, R, diagonal or no whitening, a linear drift term nor a
+learned shear changed ESS (5–7), nor did target_acceptance=0.6. It needs a change of
+objective or architecture. With ``dense_whitening=False``
 (the previous behaviour), same seed: rotated Gaussian bulk ESS 5, max |z| 3.85, exactness
 FAILED (the benchmark's ESS 5 / |z| 4.84); German credit bulk 329, 206 per 5000 MH steps.
 Dense whitening without re-whitening (``rewhiten_steps=0``): rotated 895 bulk (0.112 per

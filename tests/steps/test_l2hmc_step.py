@@ -3,6 +3,7 @@ one kernel per chain under pm.sample, a training budget that ignores the length 
 rollback of non-finite training steps, save and load."""
 
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,7 +14,7 @@ import pymc_neural_steps as pns
 from pymc_neural_steps import L2HMC, LayoutMismatchError
 from pymc_neural_steps._compat import group_dataset
 from pymc_neural_steps.kernels import l2hmc as l2hmc_kernel
-from pymc_neural_steps.steps.l2hmc import TrainedL2HMC, training_rounds
+from pymc_neural_steps.steps.l2hmc import TRIM_GRID, TrainedL2HMC, training_rounds
 from pymc_neural_steps.testing import (
     check_exactness,
     funnel,
@@ -89,7 +90,10 @@ def test_fast_driver_trains_one_kernel_on_the_pooled_ensemble(pooled_run):
     rounds = (warm["training_steps"].values > 0).sum(1) + (draws["training_steps"].values > 0).sum(1)
     np.testing.assert_array_equal(rounds, 20)
     grads = warm["training_grad_evals"].values.sum(1) + draws["training_grad_evals"].values.sum(1)
-    np.testing.assert_array_equal(grads, (OPTIONS["train_steps"] + 20) * 2 * 16 * 11)
+    # each chain's share: 16 walkers and as many burn-in draws per step, the 20 rounds'
+    # scorings, and the end-of-budget stability trim's TRIM_GRID probes of its walkers
+    expected = (OPTIONS["train_steps"] + 20) * 2 * 16 * 11 + TRIM_GRID * 16 * 11
+    np.testing.assert_array_equal(grads, expected)
     # The SCG trains without collapsing: the end-of-budget guard leaves the kernel alone.
     assert int(warm["training_restored"].values.sum() + draws["training_restored"].values.sum()) == 0
     assert step.trained.report["restored_best"] is False
@@ -165,9 +169,11 @@ def test_exact_under_pm_sample_with_one_kernel_per_chain():
         assert int(carry.training.num_steps) == OPTIONS["train_steps"]
     draws = stats_of(result)
     np.testing.assert_array_equal(draws["n_grad_evals"].values, 10)
-    # Per chain: all its 64 walkers and 64 burn-in draws, 11 forward gradients each.
+    # Per chain: all its 64 walkers and 64 burn-in draws, 11 forward gradients each, and
+    # the stability trim's probes in the round that spends the budget.
     total = draws["training_grad_evals"].values.sum(1)  # what end_tune finished, if anything
-    assert (total % (2 * 64 * 11) == 0).all()
+    trim = TRIM_GRID * 64 * 11
+    assert ((total % (2 * 64 * 11) == 0) | ((total - trim) % (2 * 64 * 11) == 0)).all()
 
 
 def test_rotated_gaussian_is_sampled_exactly_with_the_dense_whitening():
@@ -355,7 +361,11 @@ def test_a_collapsed_kernel_is_replaced_by_the_best_one_scored():
     restored = warm["training_restored"].values.sum(1) + draws["training_restored"].values.sum(1)
     np.testing.assert_array_equal(restored, 1)
     assert step.trained.report["restored_best"] is True
-    for a, b in zip(leaves(carry.training.params), leaves(carry.best.params)):
+    # The best kernel, except that the stability trim may then have shortened its ε.
+    final, best = carry.training.params, carry.best.params
+    assert np.all(np.asarray(final.log_step_size) <= np.asarray(best.log_step_size))
+    final = eqx.tree_at(lambda n: n.log_step_size, final, best.log_step_size)
+    for a, b in zip(leaves(final), leaves(best)):
         np.testing.assert_array_equal(a, b)
     # Without the guard these chains accept nothing; with it, every chain moves. (The best
     # kernel by ESJD need not accept often: a long step accepted now and then scores above a

@@ -93,9 +93,9 @@ def assert_draws_use_no_true_gradient(result):
 # --- the training schedule ------------------------------------------------------------------
 def test_training_schedule_known_and_open_ended():
     points = [i + 1 for i in range(1000) if trains_after(i, 1000)]
-    # every 100 from 250, moved 25 past a mass-matrix change (after 250, 450, 950), and
-    # none in the last 50 iterations, where the step size adapts to the surrogate
-    assert points == [275, 350, 475, 550, 650, 750, 850]
+    # every 100 from 150, moved 25 past a mass-matrix change (after 150, 250, 450, 950),
+    # and none in the last 50 iterations, where the step size adapts to the surrogate
+    assert points == [175, 275, 350, 475, 550, 650, 750, 850]
     open_ended = [i + 1 for i in range(1000) if trains_after(i, None)]
     assert open_ended[:6] == points[:6] and max(open_ended) <= 950
     assert [i + 1 for i in range(200) if trains_after(i, 200)] == [175]  # short: once
