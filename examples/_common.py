@@ -8,9 +8,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import time  # noqa: E402
+import warnings  # noqa: E402
 
 import arviz as az  # noqa: E402
 import numpy as np  # noqa: E402
+import pymc as pm  # noqa: E402
+
+import pymc_neural_steps as pns  # noqa: E402
 
 from pymc_neural_steps._compat import group_dataset  # noqa: E402
 
@@ -52,3 +56,34 @@ def compare(rows, var_names=None):
         per_grad = f"{ess / grads:9.4f}" if grads else f"{'inf':>9s}"  # no true gradient
         print(f"{label:<24s} {ess:8.0f} {per_grad} {ess / seconds:12.2f}")
     return rates
+
+
+def sample_both(model, label, make_step, settings):
+    """PyMC's NUTS (``pm.sample``) and ``make_step()`` (``pns.sample``) on ``model`` with the
+    same settings, each timed: ((nuts, seconds), (ours, seconds))."""
+    with model, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*BLAS.*")
+        nuts = timed(
+            "PyMC NUTS, pm.sample",
+            lambda: pm.sample(cores=1, nuts_sampler="pymc", compute_convergence_checks=False,
+                              **settings),
+        )
+        ours = timed(f"{label}, pymc_neural_steps.sample", lambda: pns.sample(make_step(), **settings))
+    return nuts, ours
+
+
+def against_analytic(reference, label, make_step, settings):
+    """The body of the examples with an analytic posterior: sample with NUTS and with the
+    step, print the step's summary, both exactness checks and the comparison."""
+    from pymc_neural_steps.testing import check_exactness
+
+    (nuts, nuts_s), (ours, ours_s) = sample_both(reference.build_model(), label, make_step, settings)
+    print()
+    print(az.summary(ours).head(6))
+    for name, result in (("NUTS", nuts), (label, ours)):
+        report = check_exactness(result, reference)
+        print(f"{name}: {'matches' if report.passed else 'DOES NOT match'} the analytic "
+              f"posterior (max |z| = {report.max_abs_z:.2f})")
+    rates = compare([("PyMC NUTS", nuts, nuts_s), (label, ours, ours_s)])
+    print(f"{label} / NUTS, ESS per second of total wall time: "
+          f"{rates[label] / rates['PyMC NUTS']:.1f}x")

@@ -8,35 +8,16 @@ coordinates, the check against the analytic posterior, and ESS per gradient and 
 total wall time (training included) next to PyMC's NUTS, all measured in this run.
 """
 
-import warnings
-
-import arviz as az
-import pymc as pm
-from _common import compare, timed
+from _common import against_analytic  # first: one BLAS thread, before numpy loads
 
 import pymc_neural_steps as pns
-from pymc_neural_steps.testing import check_exactness, rotated_gaussian
+from pymc_neural_steps.testing import rotated_gaussian
+
+SETTINGS = dict(draws=2000, tune=1000, chains=4, random_seed=1, progressbar=False)
 
 
 def main():
-    reference = rotated_gaussian(20)
-    settings = dict(draws=2000, tune=1000, chains=4, random_seed=1, progressbar=False)
-    with reference.build_model(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*BLAS.*")
-        nuts, nuts_s = timed("PyMC NUTS, pm.sample",
-                             lambda: pm.sample(cores=1, nuts_sampler="pymc",
-                                               compute_convergence_checks=False, **settings))
-        l2hmc, l2hmc_s = timed("L2HMC, pymc_neural_steps.sample",
-                               lambda: pns.sample(pns.L2HMC(), **settings))
-    print()
-    print(az.summary(l2hmc).head(6))
-    for label, result in (("NUTS", nuts), ("L2HMC", l2hmc)):
-        report = check_exactness(result, reference)
-        print(f"{label}: {'matches' if report.passed else 'DOES NOT match'} the analytic "
-              f"posterior (max |z| = {report.max_abs_z:.2f})")
-    rates = compare([("PyMC NUTS", nuts, nuts_s), ("L2HMC", l2hmc, l2hmc_s)])
-    print(f"L2HMC / NUTS, ESS per second of total wall time: "
-          f"{rates['L2HMC'] / rates['PyMC NUTS']:.1f}x")
+    against_analytic(rotated_gaussian(20), "L2HMC", pns.L2HMC, SETTINGS)
 
 
 if __name__ == "__main__":

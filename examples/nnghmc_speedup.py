@@ -14,11 +14,9 @@ Set ``GP_POINTS`` (default 300) for a larger or smaller model; the speed-up grow
 """
 
 import os
-import warnings
 
-import _common  # noqa: F401 -- one BLAS thread per process, before numpy loads
+import _common  # first: one BLAS thread per process, before numpy loads
 import arviz as az
-import pymc as pm
 
 import pymc_neural_steps as pns
 from pymc_neural_steps._compat import group_dataset
@@ -33,15 +31,9 @@ def main():
     model = gp_regression(n=POINTS).build_model()
     print(f"GP regression, Matérn 3/2, {POINTS} points in 4-d: "
           f"{SETTINGS['chains']} chains x {SETTINGS['draws']} draws after {SETTINGS['tune']} warm-up\n")
-    with model, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*BLAS.*")
-        nuts, nuts_seconds = _common.timed(
-            "PyMC NUTS, pm.sample",
-            lambda: pm.sample(cores=1, nuts_sampler="pymc", compute_convergence_checks=False, **SETTINGS),
-        )
-        fast, fast_seconds = _common.timed(
-            "NNgHMC, pymc_neural_steps.sample", lambda: pns.sample(pns.NNgHMC(), **SETTINGS)
-        )
+    (nuts, nuts_seconds), (fast, fast_seconds) = _common.sample_both(
+        model, "NNgHMC", pns.NNgHMC, SETTINGS
+    )
 
     print("\nPyMC NUTS")
     print(az.summary(nuts, var_names=VAR_NAMES).to_string())

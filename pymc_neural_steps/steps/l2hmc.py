@@ -264,6 +264,11 @@ def _empty_report(dtype=jnp.float64) -> TrainingReport:
     return TrainingReport(zero, zero, nan, nan, zero, zero)
 
 
+def _step_scaled(nets: l2hmc.L2HMCNetworks, factor) -> l2hmc.L2HMCNetworks:
+    """The networks with ε multiplied by ``factor``."""
+    return eqx.tree_at(lambda n: n.log_step_size, nets, nets.log_step_size + jnp.log(factor))
+
+
 def _jittered(nets: l2hmc.L2HMCNetworks, key: jax.Array, jitter: float) -> l2hmc.L2HMCNetworks:
     """The networks with ε multiplied by u ~ U[1 − jitter, 1 + jitter] (an exact mixture)."""
     if jitter == 0:
@@ -271,7 +276,7 @@ def _jittered(nets: l2hmc.L2HMCNetworks, key: jax.Array, jitter: float) -> l2hmc
     u = jax.random.uniform(
         key, dtype=nets.log_step_size.dtype, minval=1.0 - jitter, maxval=1.0 + jitter
     )
-    return eqx.tree_at(lambda n: n.log_step_size, nets, nets.log_step_size + jnp.log(u))
+    return _step_scaled(nets, u)
 
 
 def training_rounds(
@@ -386,7 +391,7 @@ def l2hmc_program(
         return jnp.where(jnp.isfinite(aux.esjd_whitened), aux.esjd_whitened, 0.0)
 
     def stability_factor(key, nets, walkers, whitening):
-        """(factor for ε, fraction of walkers near-certainly rejected per jitter factor).
+        """The factor for ε.
 
         The jitter multiplies ε by up to 1 + j; ESJD training can leave ε where the top of
         that range is beyond the leapfrog's stability limit in the narrowest direction,
@@ -402,9 +407,9 @@ def l2hmc_program(
         grid = jnp.linspace(1.0 - jitter, 1.0 + jitter, TRIM_GRID)
 
         def rejected(u, k):
-            scaled = eqx.tree_at(lambda n: n.log_step_size, nets, nets.log_step_size + jnp.log(u))
             _, aux = l2hmc.esjd_loss(
-                scaled, k, walkers, None, logdensity_fn(whitening.extras), scale=scale,
+                _step_scaled(nets, u), k, walkers, None, logdensity_fn(whitening.extras),
+                scale=scale,
                 inverse_mass=whitening.inverse_mass, center=whitening.center,
             )
             log_ratio = jnp.nan_to_num(aux.log_accept_ratio, nan=-jnp.inf)
@@ -414,8 +419,7 @@ def l2hmc_program(
         failing = rates > TRIM_MAX_REJECTED
         first_fail = jnp.argmax(failing)
         last_good = grid[jnp.maximum(first_fail - 1, 0)]
-        factor = jnp.where(jnp.any(failing), last_good / (1.0 + jitter), 1.0)
-        return factor, rates
+        return jnp.where(jnp.any(failing), last_good / (1.0 + jitter), 1.0)
 
     def unscored(params):
         return BestKernel(params, jnp.full((), -jnp.inf, jnp.float64), jnp.zeros((), bool))
@@ -633,17 +637,12 @@ def l2hmc_program(
         trim_grads = 0
         if jitter > 0:
             finished = (steps > 0) & (training.num_steps >= train_steps)
-            factor, _ = stability_factor(
+            factor = stability_factor(
                 jax.random.fold_in(key, TRIM_SALT), training.params, training.walkers,
                 training.context,
             )
             factor = jnp.where(finished, factor, 1.0)
-            training = training._replace(
-                params=eqx.tree_at(
-                    lambda n: n.log_step_size, training.params,
-                    training.params.log_step_size + jnp.log(factor),
-                )
-            )
+            training = training._replace(params=_step_scaled(training.params, factor))
             trim_grads = jnp.where(finished, TRIM_GRID * walkers_per_chain * grads_per_start, 0)
         report = TrainingReport(
             steps=summary.num_steps,
