@@ -15,9 +15,11 @@ import numpy as np
 
 __all__ = [
     "InvalidSettingError",
+    "check_count",
     "check_finite_arrays",
     "check_fraction",
     "check_inverse_mass",
+    "check_nonnegative",
     "check_positive",
     "check_step_size",
 ]
@@ -43,6 +45,21 @@ def check_positive(name: str, value: Any, *, maximum: float | None = None) -> fl
     if maximum is not None and x > maximum:
         raise InvalidSettingError(f"{name} = {x:g} is larger than the largest usable {maximum:g}")
     return x
+
+
+def check_nonnegative(name: str, value: Any) -> float:
+    """``value`` as a float, refused unless finite and >= 0."""
+    x = float(value)
+    if not math.isfinite(x) or x < 0.0:
+        raise InvalidSettingError(f"{name} must be a finite number >= 0, got {value!r}")
+    return x
+
+
+def check_count(name: str, value: Any, *, minimum: int = 1) -> int:
+    """A whole number >= ``minimum`` (a count of steps, walkers, units, ...)."""
+    if isinstance(value, bool) or int(value) != value or int(value) < minimum:
+        raise InvalidSettingError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+    return int(value)
 
 
 def check_step_size(value: Any, *, name: str = "step_size") -> float | None:
