@@ -16,12 +16,14 @@ from pymc_neural_steps.target import (  # noqa: E402
     NonFiniteInitialPointError,
     build_target,
 )
+from pymc_neural_steps.validation import InvalidSettingError  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DiscreteVariableError",
     "EntropyFlowMC",
+    "InvalidSettingError",
     "JaxHMC",
     "L2HMC",
     "LayoutMismatchError",

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,11 @@ import jax
 import numpy as np
 
 from pymc_neural_steps.target import Layout, LayoutMismatchError
+from pymc_neural_steps.validation import check_finite_arrays
 
 __all__ = [
     "ARRAYS_FILE",
+    "CorruptKernelError",
     "FORMAT",
     "FORMAT_VERSION",
     "METADATA_FILE",
@@ -48,6 +51,10 @@ FORMAT_VERSION = 1
 ARRAYS_FILE = "arrays.npz"
 METADATA_FILE = "kernel.json"
 _ALLOWED_KINDS = "fiub"  # float, int, unsigned, bool: no object arrays, ever
+
+
+class CorruptKernelError(ValueError):
+    """A saved kernel's files are damaged: not JSON, not an archive, or truncated."""
 
 
 def _versions() -> dict[str, str]:
@@ -127,8 +134,11 @@ def read_metadata(path: str | os.PathLike, *, kind: str | None = None) -> dict:
     meta_path = directory / METADATA_FILE
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path} does not exist: {directory} is not a saved kernel")
-    document = json.loads(meta_path.read_text())
-    if document.get("format") != FORMAT:
+    try:
+        document = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CorruptKernelError(f"{meta_path} is not valid JSON ({err}): the file is damaged") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise ValueError(f"{meta_path} is not a {FORMAT} file")
     if int(document.get("format_version", -1)) > FORMAT_VERSION:
         raise ValueError(
@@ -181,6 +191,19 @@ def load_arrays(path: str | os.PathLike, template: Any, metadata: dict | None = 
             "the saved arrays do not have the structure this kernel expects: saved "
             f"{[e['name'] for e in entries]}, expected {[name for name, _ in expected]}"
         )
+    try:
+        values = _read_arrays(arrays_path, entries, expected)
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError) as err:
+        raise CorruptKernelError(
+            f"{arrays_path} cannot be read ({type(err).__name__}: {err}): the file is damaged "
+            "or truncated"
+        ) from None
+    check_finite_arrays(values, what=str(arrays_path))
+    flat, treedef = jax.tree_util.tree_flatten(template)
+    return jax.tree_util.tree_unflatten(treedef, values)
+
+
+def _read_arrays(arrays_path: Path, entries: list, expected: list) -> list[np.ndarray]:
     values = []
     with arrays_path.open("rb") as f, np.load(f, allow_pickle=False) as npz:
         for entry, (name, like) in zip(entries, expected, strict=True):
@@ -191,5 +214,4 @@ def load_arrays(path: str | os.PathLike, template: Any, metadata: dict | None = 
                     f"expected {like.shape} and {like.dtype}"
                 )
             values.append(value)
-    flat, treedef = jax.tree_util.tree_flatten(template)
-    return jax.tree_util.tree_unflatten(treedef, values)
+    return values

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pymc as pm
 from pymc.initial_point import make_initial_point_fn
+from pymc.stats.convergence import log_warnings, run_convergence_checks
 
 from pymc_neural_steps import adaptation
 from pymc_neural_steps._compat import build_result
@@ -31,6 +32,7 @@ from pymc_neural_steps.steps.base import (
     iteration_key,
 )
 from pymc_neural_steps.target import NonFiniteInitialPointError, Target
+from pymc_neural_steps.validation import check_count
 
 __all__ = ["sample"]
 
@@ -156,6 +158,7 @@ def sample(
     discard_tuned_samples: bool = True,
     chunk_size: int | None = None,
     model: pm.Model | None = None,
+    compute_convergence_checks: bool = True,
 ):
     """Sample all chains of ``step`` at once; returns what ``pm.sample`` returns.
 
@@ -172,18 +175,29 @@ def sample(
         ``pm.sample``'s default initialisation does.
     chunk_size
         Iterations per compiled call (default: about 1/20 of the run).
+    compute_convergence_checks
+        Run ``pm.sample``'s checks on the result (R-hat, effective sample size,
+        divergences) and log its warnings, in its words and at its thresholds.
 
-    Ctrl-C stops sampling between chunks and returns the draws made so far.
+    Ctrl-C stops sampling between chunks and returns the draws made so far; interrupted
+    before the first draw, it returns the warm-up iterations made so far (a warm-up group
+    and an empty posterior).
     """
     if not isinstance(step, NeuralStep):
         raise TypeError(
             f"sample() runs the step methods of pymc_neural_steps, got {type(step).__name__}; "
             "use pm.sample for PyMC's own step methods."
         )
-    if draws < 1:
-        raise ValueError("draws must be at least 1")
-    if tune < 0:
-        raise ValueError("tune must not be negative")
+    draws = check_count("draws", draws)
+    tune = check_count("tune", tune, minimum=0)
+    chains = check_count("chains", chains)
+    if model is not None and model is not step._model:
+        raise ValueError(
+            f"this {type(step).__name__} was created for another model: its log density is "
+            "that model's, so sampling it for this one would mix two models in one result. "
+            "Create the step inside `with model:` (or pass model=...), or, to reuse what a "
+            "learned step learned, use its from_trained(step, model=model)."
+        )
     model = pm.modelcontext(model if model is not None else step._model)
     if {v.name for v in step.vars} != {v.name for v in model.value_vars}:
         left_out = sorted({v.name for v in model.value_vars} - {v.name for v in step.vars})
@@ -195,116 +209,146 @@ def sample(
     wall_start = time.perf_counter()
     target = step._build_target()
     program = step._program(target)
+    run = _Run(program, chains, progress=_Progress(tune + draws, chains, enabled=progressbar))
+    try:
+        carry, seeds = _start(run, model, target, chains, random_seed, initvals, jitter)
+        carry = _warm_up(run, step, carry, seeds, tune, chunk_size)
+        _draw(run, carry, seeds, tune, draws, chunk_size)
+    except KeyboardInterrupt:
+        run.interrupted = True
+        what = "the draws" if run.draw_positions else "the warm-up iterations"
+        warnings.warn(f"Sampling was interrupted; returning {what} made so far.", stacklevel=2)
+    finally:
+        run.progress.close()
+    return _result(
+        run, model, target, step, tune,
+        keep_warmup=(not discard_tuned_samples and tune > 0) or not run.draw_positions,
+        total_time=time.perf_counter() - wall_start,
+        compute_convergence_checks=compute_convergence_checks and not run.interrupted,
+    )
+
+
+class _Run:
+    """What one ``sample`` call has made so far: draws, stats and timings, per phase."""
+
+    def __init__(self, program: ChainProgram, chains: int, progress):
+        self.program = program
+        self.runner = _BatchedProgram(program)
+        self.chains = chains
+        self.progress = progress
+        self.warm_positions: list[np.ndarray] = []
+        self.warm_stats: list[np.ndarray] = []
+        self.draw_positions: list[np.ndarray] = []
+        self.draw_stats: list[np.ndarray] = []
+        self.tuning_time = self.sampling_time = self.training_time = 0.0
+        self.interrupted = False
+        # Training wall time goes into the stats of the draw after the training, if the
+        # method reports it (a host measurement; the program packs a placeholder).
+        names = [spec.name for spec in program.stat_specs]
+        self._time_column = names.index(TRAINING_TIME_STAT) if TRAINING_TIME_STAT in names else None
+        self._pending_time = 0.0
+
+    def host_stats(self, st) -> np.ndarray:
+        st = np.array(st)
+        if self._time_column is not None and len(st):
+            st[0, :, self._time_column] = self._pending_time
+            self._pending_time = 0.0
+        return st
+
+    def train(self, carry, seeds, iteration: int):
+        start = time.perf_counter()
+        carry = jax.block_until_ready(self.runner.train(carry, seeds, iteration))
+        elapsed = time.perf_counter() - start
+        self.training_time += elapsed
+        self._pending_time += elapsed
+        return carry
+
+
+def _start(run: _Run, model, target: Target, chains, random_seed, initvals, jitter):
+    """Per-chain seeds and the batched initial carry."""
     seed_seq = np.random.SeedSequence(random_seed)
     chain_seeds = [int(s.generate_state(2, np.uint64)[0] >> np.uint64(2)) for s in seed_seq.spawn(chains)]
     init_seeds = [int(s.generate_state(1)[0]) for s in seed_seq.spawn(chains)]
     positions = _initial_positions(model, target, chains, init_seeds, initvals, jitter)
-
-    runner = _BatchedProgram(program)
     seeds = jnp.asarray(chain_seeds, dtype=jnp.int64)
-    carry = runner.init(jnp.asarray(positions))
+    return run.runner.init(jnp.asarray(positions)), seeds
+
+
+def _warm_up(run: _Run, step: NeuralStep, carry, seeds, tune: int, chunk_size):
+    """Every warm-up iteration and training run, then the end of warm-up (frozen carry)."""
+    runner, program = run.runner, run.program
+    start = time.perf_counter()
     mode = runner.mode(carry)
-
-    warm_positions: list[np.ndarray] = []
-    warm_stats: list[np.ndarray] = []
-    draw_positions: list[np.ndarray] = []
-    draw_stats: list[np.ndarray] = []
     codes = adaptation.window_codes(tune) if tune > 0 else np.zeros(0, np.int8)
-    progress = _Progress(tune + draws, chains, enabled=progressbar)
-    interrupted = False
-    tuning_time = sampling_time = training_time = 0.0
-    # Training wall time goes into the stats of the draw after the training, if the method
-    # reports it (a host measurement; the program packs a placeholder).
-    names = [spec.name for spec in program.stat_specs]
-    time_column = names.index(TRAINING_TIME_STAT) if TRAINING_TIME_STAT in names else None
-    pending_time = 0.0
-
-    def host_stats(st):
-        nonlocal pending_time
-        st = np.array(st)
-        if time_column is not None and len(st):
-            st[0, :, time_column] = pending_time
-            pending_time = 0.0
-        return st
-
-    try:
-        start = time.perf_counter()
-        for begin, end, train_after in runner.tune_segments(tune, _chunk_size(tune, chunk_size) if tune else 1):
-            iterations = jnp.arange(begin, end)
-            carry, (pos, st) = runner.tune_chunk(
-                carry, seeds, iterations, jnp.asarray(codes[begin:end]), mode=mode
-            )
-            warm_positions.append(np.asarray(pos))
-            warm_stats.append(host_stats(st))
-            if train_after and not runner.done_training(carry):
-                train_start = time.perf_counter()
-                carry = jax.block_until_ready(runner.train(carry, seeds, end - 1))
-                elapsed = time.perf_counter() - train_start
-                training_time += elapsed
-                pending_time += elapsed
-                mode = runner.mode(carry)
-            progress.update(end - begin, "warm-up")
-        while program.train_pending is not None and program.train_pending(carry):
-            train_start = time.perf_counter()
-            carry = jax.block_until_ready(runner.train(carry, seeds, max(tune - 1, 0)))
-            elapsed = time.perf_counter() - train_start
-            training_time += elapsed
-            pending_time += elapsed
-        carry = runner.end_tune(carry)
-        mode = runner.mode(carry)
-        jax.block_until_ready(carry)
-        tuning_time = time.perf_counter() - start
-        step.training_time += training_time
-        step._tuned(carry, batched=True)
-
-        start = time.perf_counter()
-        size = _chunk_size(draws, chunk_size)
-        for begin in range(0, draws, size):
-            end = min(begin + size, draws)
-            iterations = jnp.arange(tune + begin, tune + end)
-            carry, (pos, st) = runner.draw_chunk(carry, seeds, iterations, mode=mode)
-            draw_positions.append(np.asarray(pos))
-            draw_stats.append(host_stats(st))
-            progress.update(end - begin, "sampling")
-        sampling_time = time.perf_counter() - start
-    except KeyboardInterrupt:
-        interrupted = True
-        warnings.warn(
-            "Sampling was interrupted; returning the draws made so far.", stacklevel=2
+    for begin, end, train_after in runner.tune_segments(tune, _chunk_size(tune, chunk_size) if tune else 1):
+        carry, (pos, st) = runner.tune_chunk(
+            carry, seeds, jnp.arange(begin, end), jnp.asarray(codes[begin:end]), mode=mode
         )
-    finally:
-        progress.close()
+        run.warm_positions.append(np.asarray(pos))
+        run.warm_stats.append(run.host_stats(st))
+        if train_after and not runner.done_training(carry):
+            carry = run.train(carry, seeds, end - 1)
+            mode = runner.mode(carry)
+        run.progress.update(end - begin, "warm-up")
+    while program.train_pending is not None and program.train_pending(carry):
+        carry = run.train(carry, seeds, max(tune - 1, 0))
+    carry = jax.block_until_ready(runner.end_tune(carry))
+    run.tuning_time = time.perf_counter() - start
+    step.training_time += run.training_time
+    step._tuned(carry, batched=True)
+    return carry
 
-    specs = program.stat_specs
-    result_parts = {}
+
+def _draw(run: _Run, carry, seeds, tune: int, draws: int, chunk_size) -> None:
+    start = time.perf_counter()
+    mode = run.runner.mode(carry)
+    size = _chunk_size(draws, chunk_size)
+    for begin in range(0, draws, size):
+        end = min(begin + size, draws)
+        iterations = jnp.arange(tune + begin, tune + end)
+        carry, (pos, st) = run.runner.draw_chunk(carry, seeds, iterations, mode=mode)
+        run.draw_positions.append(np.asarray(pos))
+        run.draw_stats.append(run.host_stats(st))
+        run.progress.update(end - begin, "sampling")
+    run.sampling_time = time.perf_counter() - start
+
+
+def _result(run: _Run, model, target: Target, step, tune, *, keep_warmup, total_time,
+            compute_convergence_checks):
+    """What ``pm.sample`` returns, with PyMC's convergence warnings logged as it logs them."""
+    specs = run.program.stat_specs
+    parts = {}
     for label, pos_chunks, stat_chunks in (
-        ("posterior", draw_positions, draw_stats),
-        ("warmup", warm_positions, warm_stats),
+        ("posterior", run.draw_positions, run.draw_stats),
+        ("warmup", run.warm_positions, run.warm_stats),
     ):
-        x = _to_chain_major(pos_chunks, chains, target.dim)
-        st = _to_chain_major(stat_chunks, chains, len(specs))
-        result_parts[label] = (_constrained_draws(target, x), _stats_dict(specs, st))
-
+        x = _to_chain_major(pos_chunks, run.chains, target.dim)
+        st = _to_chain_major(stat_chunks, run.chains, len(specs))
+        parts[label] = (_constrained_draws(target, x), _stats_dict(specs, st))
     attrs = {
         "tuning_steps": tune,
-        "sampling_time": sampling_time,
-        "tuning_time": tuning_time,
-        "training_time": training_time,
-        "total_time": time.perf_counter() - wall_start,
+        "sampling_time": run.sampling_time,
+        "tuning_time": run.tuning_time,
+        "training_time": run.training_time,
+        "total_time": total_time,
         "step_method": type(step).__name__,
-        "interrupted": int(interrupted),
+        "interrupted": int(run.interrupted),
     }
-    posterior, stats = result_parts["posterior"]
-    warm_posterior, warm_stats_dict = result_parts["warmup"]
-    keep_warmup = not discard_tuned_samples and tune > 0
-    return build_result(
-        model,
-        posterior=posterior,
-        sample_stats=stats,
-        warmup_posterior=warm_posterior if keep_warmup else None,
-        warmup_sample_stats=warm_stats_dict if keep_warmup else None,
-        attrs=attrs,
-    )
+    (posterior, stats), (warm_posterior, warm_stats) = parts["posterior"], parts["warmup"]
+    with warnings.catch_warnings():
+        # An interrupted run may hold no draws at all: ArviZ warns about every empty array.
+        warnings.simplefilter("ignore" if not run.draw_positions else "default")
+        result = build_result(
+            model,
+            posterior=posterior,
+            sample_stats=stats,
+            warmup_posterior=warm_posterior if keep_warmup else None,
+            warmup_sample_stats=warm_stats if keep_warmup else None,
+            attrs=attrs,
+        )
+    if compute_convergence_checks:
+        log_warnings(run_convergence_checks(result, model))
+    return result
 
 
 def _constrained_draws(target: Target, x: np.ndarray) -> dict[str, np.ndarray]:

@@ -28,7 +28,6 @@ import pandas as pd
 import pymc as pm
 
 from pymc_neural_steps._compat import group_dataset
-from pymc_neural_steps.testing import _posterior
 from pymc_neural_steps.steps.nnghmc import NNgHMC, TrainedNNgHMC
 
 __all__ = ["SensitivityResult", "plot_forest", "sensitivity_analysis"]
@@ -77,11 +76,20 @@ def _diagnostics(result, wall_time: float) -> dict[str, float]:
 
 
 def _max_rhat(result) -> float:
+    """The largest rank-normalised split R-hat; infinite when some chain never moved."""
+    import arviz as az
+
     posterior = group_dataset(result, "posterior")
     if posterior.sizes.get("chain", 1) < 2:
         return float("nan")
-    values = _posterior.rhat(_posterior.posterior_dataset(result))
-    return float(max(np.nanmax(values[name].values) for name in values.data_vars))
+    with warnings.catch_warnings():  # chains that never move: 0/0 inside ArviZ
+        warnings.simplefilter("ignore", RuntimeWarning)
+        values = az.rhat(posterior.astype(float))
+    largest = [np.asarray(values[name].values, float) for name in values.data_vars]
+    flat = np.concatenate([v.reshape(-1) for v in largest]) if largest else np.zeros(0)
+    if flat.size and not np.all(np.isfinite(flat)):
+        return float("inf")
+    return float(flat.max()) if flat.size else float("nan")
 
 
 def plot_forest(results: Mapping[str, Any], var_names: Sequence[str] | None = None, **kwargs):
@@ -191,9 +199,12 @@ def sensitivity_analysis(
         results[name] = result
         rows[name] = _diagnostics(result, time.perf_counter() - start)
         if rows[name]["max_rhat"] > RHAT_WARNING:
+            rhat = rows[name]["max_rhat"]
+            shown = "some chains never moved" if not np.isfinite(rhat) else (
+                f"max R-hat {rhat:.2f}" if rhat < 100 else "max R-hat above 100"
+            )
             warnings.warn(
-                f"prior variant {name!r}: the chains disagree (max R-hat "
-                f"{rows[name]['max_rhat']:.2f}). This prior moves the posterior out of the "
+                f"prior variant {name!r}: the chains disagree ({shown}). This prior moves the posterior out of the "
                 "region the surrogate was trained on, where its gradient is wrong: the draws "
                 "are still exact but mix too slowly to trust. Train a new NNgHMC on this "
                 "variant instead (pm.sample(step=NNgHMC()) under its model).",

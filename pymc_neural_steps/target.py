@@ -21,6 +21,7 @@ extra arguments after ``x``, in ``Target.layout.extra_names`` order.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -58,6 +59,7 @@ __all__ = [
     "VariableLayout",
     "build_layout",
     "build_target",
+    "data_fingerprint",
 ]
 
 
@@ -207,6 +209,8 @@ class Target:
     # ``logdensity`` is their sum in this order. For methods that need the parts and their
     # gradients separately without evaluating an expensive likelihood twice (NNgHMC).
     density_terms: Callable[..., tuple[jax.Array, jax.Array, jax.Array]] | None = None
+    # ``data_fingerprint`` of the model when the functions froze its data.
+    data_key: str = ""
 
     @property
     def dim(self) -> int:
@@ -243,6 +247,26 @@ class Target:
             "Check the initial values (initvals) and the priors' supports; "
             "model.debug() and model.point_logps() show which term is at fault."
         )
+
+
+def data_fingerprint(model: pm.Model) -> str:
+    """A digest of the current values of the model's shared variables (``pm.Data`` and
+    mutable dimension lengths): it changes whenever ``pm.set_data`` changes what a compiled
+    target has frozen, so a step can tell that its compiled functions are stale."""
+    shared = {
+        name: v
+        for name, v in model.named_vars.items()
+        if isinstance(v, SharedVariable) and not isinstance(v.type, RandomType)
+    }
+    shared.update(
+        {f"dim:{name}": v for name, v in model.dim_lengths.items() if isinstance(v, SharedVariable)}
+    )
+    digest = hashlib.blake2b(digest_size=16)
+    for name in sorted(shared):
+        value = np.ascontiguousarray(shared[name].get_value(borrow=True))
+        digest.update(f"{name}|{value.dtype.str}|{value.shape}|".encode())
+        digest.update(value.tobytes() if value.dtype.kind != "O" else repr(value).encode())
+    return digest.hexdigest()
 
 
 def _transform_name(model: pm.Model, value_var) -> str | None:
@@ -363,6 +387,7 @@ def build_target(
     Shared variables (``pm.Data``) are read once, here: call again after ``pm.set_data``.
     """
     model = pm.modelcontext(model)
+    data_key = data_fingerprint(model)
     value_vars = _sampled_value_vars(model, vars)
     if initial_point is None:
         initial_point = model.initial_point()
@@ -437,4 +462,5 @@ def build_target(
         initial_extras=initial_extras,
         term_logps=term_logps,
         density_terms=_density_terms,
+        data_key=data_key,
     )

@@ -90,6 +90,7 @@ class NNgHMCInfo(NamedTuple):
     is_nonfinite: jax.Array  # the field (or the density) gave NaN/inf: proposal rejected
     n_grad_evals: jax.Array
     n_field_evals: jax.Array
+    n_logp_evals: jax.Array  # log densities without gradient (the surrogate's MH test)
 
 
 class _Trajectory(NamedTuple):
@@ -223,6 +224,7 @@ def build_kernel(
             is_nonfinite=~finite,
             n_grad_evals=integrated if exact else zero,
             n_field_evals=zero if exact else integrated,
+            n_logp_evals=zero if exact else jnp.ones((), jnp.int64),
         )
         return new_state, info, trajectory.record_state
 

@@ -36,7 +36,7 @@ from pymc.step_methods.state import dataclass_state
 from pymc.util import get_random_generator, get_value_vars_from_user_vars
 
 from pymc_neural_steps.adaptation import window_code
-from pymc_neural_steps.target import Target, build_target
+from pymc_neural_steps.target import Target, build_target, data_fingerprint
 
 __all__ = [
     "DEFAULT_MODE",
@@ -279,6 +279,14 @@ class NeuralStep(BlockedStep):
     def _build_target(self) -> Target:
         return build_target(self._model, self.vars, initial_point=self._initial_point)
 
+    def _drop_stale_functions(self) -> None:
+        """Forget the compiled functions if the model's data changed since they froze it
+        (``pm.set_data`` between two ``pm.sample`` calls with the same step object). What
+        the step learned is kept: only the log density must never be stale."""
+        if self._compiled is not None:
+            if self._compiled["target"].data_key != data_fingerprint(self._model):
+                self._compiled = None
+
     def _functions(self) -> dict[str, Any]:
         if self._compiled is None:
             _refuse_unsafe_fork()
@@ -318,6 +326,8 @@ class NeuralStep(BlockedStep):
 
     # --- one draw ------------------------------------------------------------------------
     def step(self, point):
+        if self.carry is None:  # a chain starts: the data may have changed since the last
+            self._drop_stale_functions()
         fns = self._functions()
         layout = fns["target"].layout
         position = layout.ravel(point)

@@ -25,6 +25,12 @@ from pymc_neural_steps.steps.base import (
     pack_stats,
 )
 from pymc_neural_steps.target import Target
+from pymc_neural_steps.validation import (
+    check_count,
+    check_fraction,
+    check_positive,
+    check_step_size,
+)
 
 __all__ = ["JaxHMC", "hmc_program"]
 
@@ -176,16 +182,12 @@ class JaxHMC(NeuralStep):
         initial_point=None,
         blocked: bool = True,
     ):
-        if not 0.0 < target_accept < 1.0:
-            raise ValueError(f"target_accept must lie in (0, 1), got {target_accept}")
-        if path_length <= 0:
-            raise ValueError(f"path_length must be positive, got {path_length}")
         self.options = dict(
-            target_accept=target_accept,
-            path_length=path_length,
-            max_steps=int(max_steps),
-            adapt_mass=adapt_mass,
-            step_size=step_size,
+            target_accept=check_fraction("target_accept", target_accept),
+            path_length=check_positive("path_length", path_length),
+            max_steps=check_count("max_steps", max_steps),
+            adapt_mass=bool(adapt_mass),
+            step_size=check_step_size(step_size),
         )
         super().__init__(vars, model=model, rng=rng, initial_point=initial_point, blocked=blocked)
 

@@ -96,6 +96,15 @@ from pymc_neural_steps.surrogate import (
 )
 from pymc_neural_steps.target import Layout, LayoutMismatchError, Target, build_layout
 from pymc_neural_steps.training import fit_gradient_surrogate, heldout_slots
+from pymc_neural_steps.validation import (
+    check_count,
+    check_finite_arrays,
+    check_fraction,
+    check_inverse_mass,
+    check_nonnegative,
+    check_positive,
+    check_step_size,
+)
 
 __all__ = ["NNgHMC", "TrainedNNgHMC", "nnghmc_program", "trains_after"]
 
@@ -103,6 +112,7 @@ SURROGATE_MODE = "surrogate"
 
 NNGHMC_STATS = (
     StatSpec("n_surrogate_evals", np.int64),
+    StatSpec("n_logp_evals", np.int64),  # log densities without gradient
     StatSpec("surrogate_error", np.float64),
     StatSpec("training_loss", np.float64),
     StatSpec("training", bool),
@@ -111,6 +121,10 @@ NNGHMC_STATS = (
 )
 
 FIRST_TRAINING = 150
+# A trained surrogate used on another model (a prior swap) is checked against the true
+# gradient after this many warm-up iterations (the end of Stan's first fast window, by
+# which a chain has reached its typical set), or at the middle of a shorter warm-up.
+REGION_CHECK = 75
 RETRAIN_EVERY = 100
 # Iterations a training waits after a mass-matrix change (step size re-adapting).
 SETTLE = 25
@@ -174,6 +188,13 @@ def _settled(done: int, num_tune: int | None) -> int:
         if done - back >= 1 and _metric_changed(done - back, num_tune):
             return done - back + SETTLE
     return done
+
+
+def region_check_after(num_tune: int | None) -> int:
+    """Warm-up iterations after which a trained start's surrogate is checked."""
+    if num_tune is None:
+        return REGION_CHECK
+    return max(1, min(REGION_CHECK, num_tune // 2))
 
 
 @lru_cache(maxsize=64)
@@ -243,7 +264,9 @@ class NNgHMCCarry(NamedTuple):
     just_trained: jax.Array
     pending_grad_evals: jax.Array  # the last assessment's true gradients, not yet reported
     refresh_evals: jax.Array
+    refresh_logp_evals: jax.Array
     extras: tuple  # the other step methods' variables (compound steps), for training
+    region_checked: jax.Array  # a trained start's surrogate was checked on this posterior
 
 
 @dataclass(frozen=True)
@@ -334,6 +357,7 @@ def nnghmc_program(
     """The ``ChainProgram`` of NNgHMC on ``target`` (fresh, or starting from ``trained``)."""
     dim = target.dim
     terms = target.density_terms
+    user_target_accept = target_accept
     if trained is None:
         arrays0, structure = TrainedNNgHMC.structure(spec)
         step_size0 = initial_step_size(dim) if step_size is None else step_size
@@ -437,7 +461,9 @@ def nnghmc_program(
             just_trained=jnp.zeros((), bool),
             pending_grad_evals=zero_int,
             refresh_evals=zero_int,
+            refresh_logp_evals=zero_int,
             extras=extras,
+            region_checked=jnp.asarray(trained is None),
         )
 
     def refresh(carry, position, extras):
@@ -454,7 +480,10 @@ def nnghmc_program(
             same = jnp.all(position == carry.state.position)
             state = jax.lax.cond(same, lambda: carry.state, fresh)
         spent = jnp.where(same | carry.passed, 0, 1)  # on the surrogate: a log density only
-        return carry._replace(state=state, refresh_evals=spent, extras=extras)
+        logp_spent = jnp.where(same | ~carry.passed, 0, 1)
+        return carry._replace(
+            state=state, refresh_evals=spent, refresh_logp_evals=logp_spent, extras=extras
+        )
 
     def kernel_for(mode, carry, extras, *, warm):
         """The transition of this mode; in warm-up it finds U-turns and may record."""
@@ -487,6 +516,7 @@ def nnghmc_program(
             step_size,
             info.num_steps,
             info.n_field_evals,
+            info.n_logp_evals + carry.refresh_logp_evals,
             carry.report.relative_error,
             carry.report.loss,
             carry.just_trained,
@@ -497,7 +527,10 @@ def nnghmc_program(
     def reported(carry):
         zero = jnp.zeros((), jnp.int64)
         return carry._replace(
-            refresh_evals=zero, pending_grad_evals=zero, just_trained=jnp.zeros((), bool)
+            refresh_evals=zero,
+            refresh_logp_evals=zero,
+            pending_grad_evals=zero,
+            just_trained=jnp.zeros((), bool),
         )
 
     def tune(key, carry, code, extras, mode=DEFAULT_MODE):
@@ -564,17 +597,21 @@ def nnghmc_program(
         weights = jnp.where(jnp.any(use), use / jnp.maximum(use.sum(), 1), 1.0 / capacity)
         return jax.random.choice(key, capacity, (n,), p=weights)
 
-    def assess(key, arrays, carry, per_chain):
-        """Paired trajectories (true vs surrogate) from ``per_chain`` buffered positions
-        of every chain, at each chain's current step size, metric and path length.
+    def buffered_starts(key, carry, per_chain):
+        """``per_chain`` buffered positions of every chain, held-out ones if any."""
+        chains = carry.passed.shape[0]
+        slots = jax.vmap(start_slots, (0, 0, None))(
+            jax.random.split(key, chains), carry.buffer, per_chain
+        )
+        return jax.vmap(lambda xs, i: xs[i])(carry.buffer.positions, slots)
+
+    def assess(key, arrays, carry, positions):
+        """Paired trajectories (true vs surrogate) from ``positions`` (chains, per chain,
+        d), at each chain's current step size, metric and path length.
 
         Returns the mean acceptances and the true gradients each chain spent."""
-        chains = carry.passed.shape[0]
-        key_slots, key_steps, key_pairs = jax.random.split(key, 3)
-        slots = jax.vmap(start_slots, (0, 0, None))(
-            jax.random.split(key_slots, chains), carry.buffer, per_chain
-        )
-        positions = jax.vmap(lambda xs, i: xs[i])(carry.buffer.positions, slots)
+        chains, per_chain = positions.shape[:2]
+        key_steps, key_pairs = jax.random.split(key)
         # Dual averaging's averaged step size: its iterate oscillates around it.
         step_size, _ = jax.vmap(adaptation.warmup_final)(carry.warmup)
 
@@ -637,8 +674,10 @@ def nnghmc_program(
                 nan = jnp.full((), jnp.nan, jnp.float64)
                 return nan, nan, jnp.zeros(chains, jnp.int64)
 
+            key_assess, key_starts = jax.random.split(key_assess)
+            starts = buffered_starts(key_starts, carry, per_chain)
             accept_true, accept_surrogate, spent = jax.lax.cond(
-                fitted_ok, lambda _: assess(key_assess, arrays, carry, per_chain), skip, None
+                fitted_ok, lambda _: assess(key_assess, arrays, carry, starts), skip, None
             )
             passed = fitted_ok & (accept_surrogate >= accept_true - tolerance)
             # From here on the step size adapts to the surrogate's acceptance. A surrogate's
@@ -681,9 +720,50 @@ def nnghmc_program(
         # The drivers skip training once it passed (``done_training``); this guards direct calls.
         return jax.lax.cond(jnp.all(carry.passed), lambda c: c, run, carry)
 
+    def pooled_region_check(key, carry):
+        """A trained start's surrogate against the true gradient on THIS posterior: paired
+        trajectories from every chain's current position (momenta drawn afresh), the pass
+        rule of training. A surrogate that fails (the posterior has left the region it was
+        trained on, e.g. under a prior moved far) hands the rest of warm-up and the draws
+        to the true gradient: exact and tuned, at HMC's cost."""
+        chains = carry.passed.shape[0]
+        per_chain = max(1, -(-assess_trajectories // chains))
+        starts = jnp.repeat(carry.state.position[:, None, :], per_chain, axis=1)
+        arrays = jax.tree.map(lambda a: a[0], carry.surrogate)
+        accept_true, accept_surrogate, spent = assess(key, arrays, carry, starts)
+        fits = accept_surrogate >= accept_true - tolerance
+        fields = jax.vmap(lambda x, e: true_field(e)(x))(carry.state.position, carry.extras)
+        state = carry.state._replace(
+            logdensity=jnp.where(fits, carry.state.logdensity, fields[0]),
+            gradient=jnp.where(fits, carry.state.gradient, fields[1]),
+        )
+        warmup = carry.warmup._replace(
+            target_accept=jnp.where(fits, carry.warmup.target_accept, user_target_accept)
+        )
+        report = carry.report._replace(
+            accept_true=jnp.broadcast_to(accept_true, (chains,)),
+            accept_surrogate=jnp.broadcast_to(accept_surrogate, (chains,)),
+        )
+        return carry._replace(
+            state=state,
+            warmup=warmup,
+            step_floor=jnp.where(fits, carry.step_floor, 0.0),
+            passed=jnp.broadcast_to(fits, (chains,)),
+            report=report,
+            region_checked=jnp.ones(chains, bool),
+            pending_grad_evals=carry.pending_grad_evals + spent,
+        )
+
+    def pooled_step(key, carry):
+        if trained is None:
+            return pooled_train(key, carry)
+        return jax.lax.cond(
+            jnp.all(carry.region_checked), lambda c: c, lambda c: pooled_region_check(key, c), carry
+        )
+
     def train(key, carry):
         batched = jax.tree.map(lambda a: a[None], carry)
-        return jax.tree.map(lambda a: a[0], pooled_train(key, batched))
+        return jax.tree.map(lambda a: a[0], pooled_step(key, batched))
 
     def mode_of(carry) -> str:
         passed = np.asarray(carry.passed)
@@ -694,16 +774,22 @@ def nnghmc_program(
         raise RuntimeError("chains disagree on whether the shared surrogate passed")
 
     def done_training(carry) -> bool:
+        if trained is not None:
+            return bool(np.asarray(carry.region_checked).all())
         return bool(np.asarray(carry.passed).all())
 
     if trained is None:
+        train_pending = None
 
         def train_at(iteration, num_tune):
             return trains_after(iteration, num_tune, first_training, retrain_every)
     else:
 
+        def train_pending(carry) -> bool:
+            return not done_training(carry)
+
         def train_at(iteration, num_tune):
-            return False
+            return iteration + 1 == region_check_after(num_tune)
 
     return ChainProgram(
         init=init,
@@ -713,10 +799,11 @@ def nnghmc_program(
         refresh=refresh,
         stat_specs=NNgHMC.stat_specs(),
         train=train,
-        pooled_train=pooled_train,
+        pooled_train=pooled_step,
         train_at=train_at,
         mode_of=mode_of,
         done_training=done_training,
+        train_pending=train_pending,
     )
 
 
@@ -806,37 +893,24 @@ class NNgHMC(NeuralStep):
         initial_point=None,
         blocked: bool = True,
     ):
-        if not 0.0 < target_accept < 1.0:
-            raise ValueError(f"target_accept must lie in (0, 1), got {target_accept}")
-        if path_length is not None and path_length <= 0:
-            raise ValueError(f"path_length must be positive, got {path_length}")
-        if buffer_size is not None and buffer_size < 1:
-            raise ValueError(f"buffer_size must be positive, got {buffer_size}")
-        if min(train_steps, batch_size, assess_trajectories, first_training, retrain_every) < 1:
-            raise ValueError(
-                "train_steps, batch_size, assess_trajectories, first_training and "
-                "retrain_every must be positive"
-            )
-        if tolerance < 0:
-            raise ValueError(f"tolerance must be >= 0, got {tolerance}")
         self.options = dict(
-            target_accept=target_accept,
-            max_steps=int(max_steps),
-            step_size=step_size,
-            path_length=path_length,
-            buffer_size=buffer_size,
-            width=int(width),
-            depth=int(depth),
+            target_accept=check_fraction("target_accept", target_accept),
+            max_steps=check_count("max_steps", max_steps),
+            step_size=check_step_size(step_size),
+            path_length=None if path_length is None else check_positive("path_length", path_length),
+            buffer_size=None if buffer_size is None else check_count("buffer_size", buffer_size),
+            width=check_count("width", width),
+            depth=check_count("depth", depth),
             activation=activation,
             block_size=block_size,
             block_threshold=int(block_threshold),
-            train_steps=int(train_steps),
-            batch_size=int(batch_size),
-            learning_rate=float(learning_rate),
-            assess_trajectories=int(assess_trajectories),
-            tolerance=float(tolerance),
-            first_training=int(first_training),
-            retrain_every=int(retrain_every),
+            train_steps=check_count("train_steps", train_steps),
+            batch_size=check_count("batch_size", batch_size),
+            learning_rate=check_positive("learning_rate", learning_rate),
+            assess_trajectories=check_count("assess_trajectories", assess_trajectories),
+            tolerance=check_nonnegative("tolerance", tolerance),
+            first_training=check_count("first_training", first_training),
+            retrain_every=check_count("retrain_every", retrain_every),
             adapt_mass=bool(adapt_mass),
         )
         super().__init__(vars, model=model, rng=rng, initial_point=initial_point, blocked=blocked)
@@ -883,6 +957,19 @@ class NNgHMC(NeuralStep):
             warnings.warn(
                 f"NNgHMC samples with the true gradient: {reason}. The draws are exact "
                 "either way; only the speed-up is lost.",
+                UserWarning,
+                stacklevel=2,
+            )
+        if self._trained_start is not None and not passed.all():
+            warnings.warn(
+                "NNgHMC: the trained surrogate does not fit this model's posterior, so the "
+                "rest of warm-up and the draws used the true gradient (exact, at HMC's "
+                "cost). Checked on this posterior, its trajectories were accepted with "
+                f"mean probability {np.nanmean(report.accept_surrogate):.2f} against "
+                f"{np.nanmean(report.accept_true):.2f} on the true gradient (tolerance "
+                f"{self.options['tolerance']}): the posterior lies outside the region the "
+                "surrogate was trained on (e.g. a prior moved far from the original "
+                "posterior). Train a new NNgHMC() on this model to get the speed-up back.",
                 UserWarning,
                 stacklevel=2,
             )
@@ -972,6 +1059,7 @@ class NNgHMC(NeuralStep):
                 f"{np.shape(trained.inverse_mass)}, but the model's parameter vector has "
                 f"shape ({dim},)"
             )
+        _check_trained(trained, dim)
         step._trained_start = trained
         return step
 
@@ -1029,6 +1117,14 @@ class NNgHMC(NeuralStep):
         settings = {k: v for k, v in (metadata.get("options") or {}).items() if k in _STEP_OPTIONS}
         settings.update(options)
         return cls.from_trained(trained, vars, model=model, require_passed=False, **settings)
+
+
+def _check_trained(trained: TrainedNNgHMC, dim: int) -> None:
+    """Refuse a trained kernel (hand-made or read from disk) no chain could move with."""
+    check_step_size(trained.step_size, name="the trained step_size")
+    check_positive("the trained path_length", trained.path_length)
+    check_inverse_mass(trained.inverse_mass, dim, name="the trained inverse_mass")
+    check_finite_arrays(trained.surrogate_leaves, what="the trained surrogate")
 
 
 _NETWORK_OPTIONS = frozenset({"width", "depth", "activation", "block_size", "block_threshold"})
