@@ -2,6 +2,8 @@
 driver and one per chain under pm.sample, honest stats, rollback of non-finite training,
 a broken network that never moves the chain, save and load."""
 
+import time
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -13,7 +15,8 @@ import pymc_neural_steps as pns
 from pymc_neural_steps import EntropyFlowMC, LayoutMismatchError
 from pymc_neural_steps._compat import group_dataset
 from pymc_neural_steps.kernels import entropy as entropy_kernel
-from pymc_neural_steps.steps.entropy import TrainedEntropyFlow
+from pymc_neural_steps.trained import TrainedEntropyFlow
+from pymc_neural_steps.validation import InvalidSettingError
 from pymc_neural_steps.testing import (
     check_exactness,
     funnel,
@@ -257,7 +260,7 @@ def test_a_training_run_that_never_succeeds_is_reported():
     from types import SimpleNamespace
 
     from pymc_neural_steps import ensemble
-    from pymc_neural_steps.steps.entropy import FlowContext
+    from pymc_neural_steps.programs.entropy import FlowContext
 
     with strongly_correlated_gaussian().build_model():
         step = EntropyFlowMC()
@@ -339,3 +342,108 @@ def test_german_credit_exact_under_both_drivers():
         result = pm.sample(step=EntropyFlowMC(), chains=2, cores=1, draws=2000, tune=1000,
                            compute_convergence_checks=False, **SLOW_RUN)
     check_exactness(result, reference).assert_passed()
+
+
+# ------------------------------------------------------------------ tune=0 (issue 13, item 7)
+
+
+def test_tune_0_trains_nothing_and_says_so():
+    # With no warm-up there is nothing to train on: the chain samples as plain HMC, and the
+    # step says so instead of spending the training budget at the first draw.
+    reference = strongly_correlated_gaussian()
+    with reference.build_model():
+        step = EntropyFlowMC()
+        start = time.perf_counter()
+        with pytest.warns(UserWarning, match="not trained.*tune=0.*plain HMC"):
+            result = pns.sample(step, tune=0, draws=50, chains=2, random_seed=1,
+                                progressbar=False)
+        elapsed = time.perf_counter() - start
+        assert step.trained is None
+        with pytest.warns(UserWarning, match="not trained"):
+            idata = pm.sample(step=EntropyFlowMC(), tune=0, draws=20, chains=1, cores=1,
+                              random_seed=1, progressbar=False,
+                              compute_convergence_checks=False)
+    for draws in (stats_of(result), stats_of(idata)):
+        assert (draws["training_steps"].values == 0).all()
+        assert (draws["training_time"].values == 0).all()
+        # HMC at its initial settings: PyMC's 0.25 / d^¼, jittered path lengths.
+        np.testing.assert_allclose(draws["step_size"].values, 0.25 / 2**0.25)
+        assert len(np.unique(draws["n_steps"].values)) > 1
+        assert np.isnan(draws["log_q_forward"].values).all()  # no flow proposals
+    assert elapsed < 60, elapsed  # compilation only
+
+
+# ------------------------------------------------------------------ validation (issue 13)
+
+
+@pytest.mark.parametrize("bad", [-0.5, 0.0, float("nan"), 1e9])
+def test_a_bad_initial_step_size_is_refused(bad):
+    with strongly_correlated_gaussian().build_model():
+        with pytest.raises(InvalidSettingError, match="step_size"):
+            EntropyFlowMC(step_size=bad)
+
+
+@pytest.mark.parametrize(
+    "option, bad",
+    [("learning_rate", float("nan")), ("final_learning_rate", 0.0), ("beta_rate", -1.0),
+     ("initial_beta", float("inf")), ("target_acceptance", float("nan")),
+     ("target_accept", 1.5), ("rewhiten_steps", -1), ("width", 0), ("depth", 0)],
+)
+def test_bad_numeric_options_are_refused_by_name(option, bad):
+    with strongly_correlated_gaussian().build_model():
+        with pytest.raises(InvalidSettingError, match=option):
+            EntropyFlowMC(**{option: bad})
+
+
+def saved_kernel(path, model):
+    from pymc_neural_steps.target import build_layout
+
+    nets = entropy_kernel.init_networks(jax.random.key(0), 2, width=8, step_size=0.3)
+    trained = TrainedEntropyFlow(
+        networks=jax.tree.map(np.asarray, nets), center=np.zeros(2),
+        inverse_mass=np.array([1.0, 2.0]), beta=0.5, layout=build_layout(model).fingerprint(),
+        options={"width": 8},
+    )
+    EntropyFlowMC.from_trained(trained, model=model).save(path)
+
+
+def edit_saved(path, name_end=None, edit=None, **json_changes):
+    """Change a saved array (name ending with ``name_end``) and/or kernel.json entries, and
+    recompute the checksum as a forger would."""
+    import json
+
+    from pymc_neural_steps import io
+
+    meta_path, arrays_path = path / io.METADATA_FILE, path / io.ARRAYS_FILE
+    metadata = json.loads(meta_path.read_text())
+    if name_end is not None:
+        [entry] = [e for e in metadata["arrays"] if e["name"].endswith(name_end)]
+        with np.load(arrays_path) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        arrays[entry["file"]] = edit(arrays[entry["file"]])
+        np.savez(arrays_path, **arrays)
+    metadata.update(json_changes)
+    metadata["arrays_sha256"] = io._sha256(arrays_path)
+    meta_path.write_text(json.dumps(metadata))
+
+
+@pytest.mark.parametrize("log_step_size", [np.log(1e4), -800.0])
+def test_a_saved_kernel_with_a_bad_step_size_is_refused(tmp_path, log_step_size):
+    with strongly_correlated_gaussian().build_model() as model:
+        saved_kernel(tmp_path, model)
+        assert EntropyFlowMC.load(tmp_path)._trained_start.beta == 0.5  # untouched: loads
+        edit_saved(tmp_path, ".log_step_size", lambda a: np.full_like(a, log_step_size))
+        with pytest.raises(InvalidSettingError, match="step_size"):
+            EntropyFlowMC.load(tmp_path)
+
+
+def test_a_saved_kernel_with_a_bad_whitening_or_beta_is_refused(tmp_path):
+    with strongly_correlated_gaussian().build_model() as model:
+        saved_kernel(tmp_path, model)
+        edit_saved(tmp_path, "['inverse_mass']", lambda a: np.array([1.0, -2.0]))
+        with pytest.raises(InvalidSettingError, match="inverse_mass"):
+            EntropyFlowMC.load(tmp_path)
+        saved_kernel(tmp_path, model)
+        edit_saved(tmp_path, beta=-1.0)
+        with pytest.raises(InvalidSettingError, match="beta"):
+            EntropyFlowMC.load(tmp_path)

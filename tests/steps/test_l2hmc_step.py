@@ -2,6 +2,7 @@
 one kernel per chain under pm.sample, a training budget that ignores the length of tune,
 rollback of non-finite training steps, save and load."""
 
+import time
 
 import equinox as eqx
 import jax
@@ -14,7 +15,9 @@ import pymc_neural_steps as pns
 from pymc_neural_steps import L2HMC, LayoutMismatchError
 from pymc_neural_steps._compat import group_dataset
 from pymc_neural_steps.kernels import l2hmc as l2hmc_kernel
-from pymc_neural_steps.steps.l2hmc import TRIM_GRID, TrainedL2HMC, training_rounds
+from pymc_neural_steps.programs.l2hmc import TRIM_GRID
+from pymc_neural_steps.trained import TrainedL2HMC
+from pymc_neural_steps.validation import InvalidSettingError
 from pymc_neural_steps.testing import (
     check_exactness,
     funnel,
@@ -221,15 +224,6 @@ def test_training_budget_does_not_depend_on_tune():
     assert not np.array_equal(kernels[60].log_step_size, kernels[110].log_step_size)
 
 
-def test_rounds_fit_any_tune():
-    per_round, at = training_rounds(2000, 200, 1000)
-    assert per_round * len(at) == 2000 and min(at) == 199 and max(at) < 1000
-    _, at = training_rounds(2000, 200, 230)
-    assert min(at) == 199 and max(at) < 230  # the rest is finished at stop_tuning
-    assert training_rounds(2000, 200, 150)[1] == frozenset()
-    assert training_rounds(0, 200, 1000) == (0, frozenset())
-
-
 # ------------------------------------------------------------------ bad training
 
 
@@ -266,7 +260,7 @@ def test_a_training_run_that_never_succeeds_is_reported():
     from types import SimpleNamespace
 
     from pymc_neural_steps import ensemble
-    from pymc_neural_steps.steps.l2hmc import Whitening
+    from pymc_neural_steps.programs.l2hmc import Whitening
 
     with strongly_correlated_gaussian().build_model():
         step = L2HMC()
@@ -373,3 +367,115 @@ def test_a_collapsed_kernel_is_replaced_by_the_best_one_scored():
     assert draws["acceptance_rate"].values.mean(1).min() > 0
     assert (np.diff(group_dataset(result)["x"].values, axis=1) != 0).any(-1).any(1).all()
     assert np.isfinite(group_dataset(result)["x"].values).all()
+
+
+# ------------------------------------------------------------------ tune=0 (issue 13, item 7)
+
+
+def test_tune_0_trains_nothing_and_says_so():
+    # The default budget (2000 optimiser steps, ~70 s) used to be spent at the first draw;
+    # with no warm-up there is nothing to train on: the chain samples as plain HMC.
+    reference = strongly_correlated_gaussian()
+    with reference.build_model():
+        step = L2HMC()
+        start = time.perf_counter()
+        with pytest.warns(UserWarning, match="not trained.*tune=0.*plain HMC"):
+            result = pns.sample(step, tune=0, draws=50, chains=2, random_seed=1,
+                                progressbar=False)
+        elapsed = time.perf_counter() - start
+        assert step.trained is None
+        with pytest.warns(UserWarning, match="not trained"):
+            idata = pm.sample(step=L2HMC(), tune=0, draws=20, chains=1, cores=1,
+                              random_seed=1, progressbar=False,
+                              compute_convergence_checks=False)
+    for draws in (stats_of(result), stats_of(idata)):
+        assert (draws["training_steps"].values == 0).all()
+        assert (draws["training_time"].values == 0).all()
+        # HMC at its initial settings: PyMC's 0.25 / d^¼, jittered path lengths.
+        np.testing.assert_allclose(draws["step_size"].values, 0.25 / 2**0.25)
+        assert len(np.unique(draws["n_steps"].values)) > 1
+    assert elapsed < 60, elapsed  # compilation only
+
+
+def test_a_loaded_kernel_samples_tune_0_without_a_warning(tmp_path):
+    import warnings
+
+    with strongly_correlated_gaussian().build_model() as model:
+        saved_kernel(tmp_path, model)
+        step = L2HMC.load(tmp_path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            result = pns.sample(step, tune=0, draws=20, chains=1, random_seed=1,
+                                progressbar=False)
+    np.testing.assert_array_equal(stats_of(result)["n_steps"].values, 10)
+
+
+# ------------------------------------------------------------------ validation (issue 13)
+
+
+@pytest.mark.parametrize("bad", [-0.5, 0.0, float("nan"), 1e9])
+def test_a_bad_initial_step_size_is_refused(bad):
+    with strongly_correlated_gaussian().build_model():
+        with pytest.raises(InvalidSettingError, match="step_size"):
+            L2HMC(step_size=bad)
+
+
+@pytest.mark.parametrize(
+    "option, bad",
+    [("learning_rate", 0.0), ("final_learning_rate", float("nan")), ("scale", -1.0),
+     ("burnin_scale", float("inf")), ("burnin_weight", -0.1), ("step_size_jitter", float("nan")),
+     ("target_accept", float("nan")), ("hmc_warmup", 0), ("depth", 0), ("width", 0)],
+)
+def test_bad_numeric_options_are_refused_by_name(option, bad):
+    with strongly_correlated_gaussian().build_model():
+        with pytest.raises(InvalidSettingError, match=option):
+            L2HMC(**{option: bad})
+
+
+def saved_kernel(path, model, step_size=0.3):
+    from pymc_neural_steps.target import build_layout
+
+    nets = l2hmc_kernel.init_networks(jax.random.key(0), 2, 10, step_size=step_size)
+    trained = TrainedL2HMC(
+        networks=jax.tree.map(np.asarray, nets), center=np.zeros(2),
+        inverse_mass=np.array([[1.0, 0.5], [0.5, 1.0]]), layout=build_layout(model).fingerprint(),
+        options={"num_steps": 10},
+    )
+    L2HMC.from_trained(trained, model=model).save(path)
+
+
+def edit_saved_array(path, name_end, edit):
+    """Change the saved array whose name ends with ``name_end`` and recompute the checksum,
+    as a forger would (``io.load_arrays`` then finds nothing wrong with the files)."""
+    import json
+
+    from pymc_neural_steps import io
+
+    meta_path, arrays_path = path / io.METADATA_FILE, path / io.ARRAYS_FILE
+    metadata = json.loads(meta_path.read_text())
+    [entry] = [e for e in metadata["arrays"] if e["name"].endswith(name_end)]
+    with np.load(arrays_path) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays[entry["file"]] = edit(arrays[entry["file"]])
+    np.savez(arrays_path, **arrays)
+    metadata["arrays_sha256"] = io._sha256(arrays_path)
+    meta_path.write_text(json.dumps(metadata))
+
+
+@pytest.mark.parametrize("log_step_size", [np.log(1e4), -800.0])
+def test_a_saved_kernel_with_a_bad_step_size_is_refused(tmp_path, log_step_size):
+    # exp(log ε) above MAX_STEP_SIZE, or 0 (underflow): no chain could move with it.
+    with strongly_correlated_gaussian().build_model() as model:
+        saved_kernel(tmp_path, model)
+        L2HMC.load(tmp_path)  # the untouched file loads
+        edit_saved_array(tmp_path, ".log_step_size", lambda a: np.full_like(a, log_step_size))
+        with pytest.raises(InvalidSettingError, match="step_size"):
+            L2HMC.load(tmp_path)
+
+
+def test_a_saved_kernel_with_a_bad_whitening_is_refused(tmp_path):
+    with strongly_correlated_gaussian().build_model() as model:
+        saved_kernel(tmp_path, model)
+        edit_saved_array(tmp_path, "['inverse_mass']", lambda a: -a)
+        with pytest.raises(InvalidSettingError, match="inverse_mass"):
+            L2HMC.load(tmp_path)
