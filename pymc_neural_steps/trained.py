@@ -186,7 +186,9 @@ class TrainedKernelStep:
         Warm-up iterations run the loaded kernel unchanged (no adaptation, no training).
         ``options`` override the kernel's own settings.
         """
-        trained = (source.trained or source._trained_start) if isinstance(source, TrainedKernelStep) else source
+        trained = source
+        if isinstance(source, TrainedKernelStep):
+            trained = source.trained or source._trained_start
         if trained is None:
             raise ValueError(
                 f"This {cls.kind} step holds no trained kernel: it has not finished a warm-up "

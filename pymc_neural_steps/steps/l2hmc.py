@@ -53,7 +53,7 @@ class L2HMC(TrainedKernelStep, NeuralStep):
         λ_b, the weight of the loss on fresh draws from the initial distribution.
     burnin_scale
         The initial distribution of the burn-in term is N(c, burnin_scale² S Sᵀ), c and
-        S Sᵀ the HMC warm-up's mean and (dense or diagonal) covariance (module docstring).
+        S Sᵀ the HMC warm-up's mean and (dense or diagonal) covariance.
     step_size_jitter
         Each transition scales ε by U[1 − j, 1 + j]; keeps training away from the
         half-period trajectories that move far but never change the radius.

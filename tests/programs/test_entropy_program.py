@@ -143,3 +143,23 @@ def test_a_chain_that_never_warms_up_samples_as_plain_hmc():
         assert float(stats[names.index("step_size")]) == 0.25 / 2**0.25
         assert np.isnan(float(stats[names.index("log_q_forward")]))
     assert int(carry.warmup_iteration) == 0 and not bool(carry.started)
+
+
+def test_the_whitening_is_dense_only_when_asked_and_falls_back_without_points():
+    diagonal = small_settings(dense_whitening=False)
+    center, inverse_mass, eps = program.whitening_from(
+        diagonal, jnp.zeros(2), jnp.array([2.0, 3.0]), 0.1, jnp.asarray(50.0), jnp.eye(2)
+    )
+    np.testing.assert_array_equal(inverse_mass, [2.0, 3.0])
+    assert float(eps) == 0.1
+    dense = small_settings()
+    _, inverse_mass, eps = program.whitening_from(
+        dense, jnp.zeros(2), jnp.array([2.0, 3.0]), 0.1, jnp.asarray(1.0), jnp.eye(2)
+    )
+    np.testing.assert_array_equal(inverse_mass, np.diag([2.0, 3.0]))  # one point: diagonal
+    cov = jnp.array([[2.0, 1.2], [1.2, 3.0]])
+    _, inverse_mass, eps = program.whitening_from(
+        dense, jnp.zeros(2), jnp.array([2.0, 3.0]), 0.1, jnp.asarray(500.0), cov
+    )
+    assert inverse_mass.shape == (2, 2) and float(inverse_mass[0, 1]) > 1.0
+    assert float(eps) > 0.1  # the correlation narrowed the diagonally whitened target

@@ -168,3 +168,12 @@ def test_a_chain_that_never_warms_up_samples_as_plain_hmc():
     # ... at the initial step size 0.25 / d^¼, not adapted by the draws.
     assert step_sizes == {0.25 / 2**0.25}
     assert int(carry.warmup_iteration) == 0 and not bool(carry.started)
+
+
+def test_the_kernel_score_is_the_walkers_expected_squared_jump():
+    tiny = program.kernel_score(jax.random.key(2), nets_with(0.01), walkers(), logdensity, WHITE)
+    good = program.kernel_score(jax.random.key(2), nets_with(0.3), walkers(), logdensity, WHITE)
+    assert 0 < float(tiny) < float(good)
+    # A kernel whose every proposal is non-finite scores 0, never NaN.
+    broken = program.step_scaled(nets_with(0.3), jnp.inf)
+    assert float(program.kernel_score(jax.random.key(2), broken, walkers(), logdensity, WHITE)) == 0
