@@ -95,10 +95,10 @@ from pymc_neural_steps.surrogate import (
     make_surrogate,
 )
 from pymc_neural_steps.target import Layout, LayoutMismatchError, Target, build_layout
+from pymc_neural_steps.trained import json_float
 from pymc_neural_steps.training import fit_gradient_surrogate, heldout_slots
 from pymc_neural_steps.validation import (
     check_count,
-    check_finite_arrays,
     check_fraction,
     check_inverse_mass,
     check_nonnegative,
@@ -353,11 +353,14 @@ def nnghmc_program(
     retrain_every: int = RETRAIN_EVERY,
     adapt_mass: bool = True,
     trained: TrainedNNgHMC | None = None,
+    check_region: bool = True,
 ) -> ChainProgram:
-    """The ``ChainProgram`` of NNgHMC on ``target`` (fresh, or starting from ``trained``)."""
+    """The ``ChainProgram`` of NNgHMC on ``target`` (fresh, or starting from ``trained``;
+    ``check_region=False`` skips the check of ``trained`` on this posterior)."""
     dim = target.dim
     terms = target.density_terms
     user_target_accept = target_accept
+    checks_region = trained is not None and check_region
     if trained is None:
         arrays0, structure = TrainedNNgHMC.structure(spec)
         step_size0 = initial_step_size(dim) if step_size is None else step_size
@@ -463,7 +466,7 @@ def nnghmc_program(
             refresh_evals=zero_int,
             refresh_logp_evals=zero_int,
             extras=extras,
-            region_checked=jnp.asarray(trained is None),
+            region_checked=jnp.asarray(not checks_region),
         )
 
     def refresh(carry, position, extras):
@@ -755,7 +758,7 @@ def nnghmc_program(
         )
 
     def pooled_step(key, carry):
-        if trained is None:
+        if not checks_region:
             return pooled_train(key, carry)
         return jax.lax.cond(
             jnp.all(carry.region_checked), lambda c: c, lambda c: pooled_region_check(key, c), carry
@@ -778,11 +781,15 @@ def nnghmc_program(
             return bool(np.asarray(carry.region_checked).all())
         return bool(np.asarray(carry.passed).all())
 
+    train_pending = None
     if trained is None:
-        train_pending = None
 
         def train_at(iteration, num_tune):
             return trains_after(iteration, num_tune, first_training, retrain_every)
+    elif not checks_region:
+
+        def train_at(iteration, num_tune):
+            return False
     else:
 
         def train_pending(carry) -> bool:
@@ -805,11 +812,6 @@ def nnghmc_program(
         done_training=done_training,
         train_pending=train_pending,
     )
-
-
-def _json_float(value) -> float | None:
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
 class NNgHMC(NeuralStep):
@@ -925,12 +927,16 @@ class NNgHMC(NeuralStep):
         )
         self.trained: TrainedNNgHMC | None = None  # set when warm-up ends
         self._trained_start: TrainedNNgHMC | None = None  # set by from_trained / load
+        self._check_region = True
 
     # --- program -------------------------------------------------------------------------
     def _program(self, target: Target) -> ChainProgram:
         options = {k: v for k, v in self.options.items() if k not in _NETWORK_OPTIONS}
         spec = self.spec if self._trained_start is None else self._trained_start.spec
-        return nnghmc_program(target, spec=spec, trained=self._trained_start, **options)
+        return nnghmc_program(
+            target, spec=spec, trained=self._trained_start, check_region=self._check_region,
+            **options,
+        )
 
     def _tuned(self, carry, *, batched: bool) -> None:
         carry = jax.device_get(carry)
@@ -997,10 +1003,10 @@ class NNgHMC(NeuralStep):
             passed=bool(np.asarray(carry.passed).all()),
             report={
                 "trainings": int(report.trainings),
-                "loss": _json_float(report.loss),
-                "relative_error": _json_float(report.relative_error),
-                "accept_true": _json_float(report.accept_true),
-                "accept_surrogate": _json_float(report.accept_surrogate),
+                "loss": json_float(report.loss),
+                "relative_error": json_float(report.relative_error),
+                "accept_true": json_float(report.accept_true),
+                "accept_surrogate": json_float(report.accept_surrogate),
             },
         )
 
@@ -1013,6 +1019,7 @@ class NNgHMC(NeuralStep):
         *,
         model=None,
         require_passed: bool = True,
+        check_region: bool = True,
         **options,
     ) -> NNgHMC:
         """An NNgHMC for ``model`` that starts where ``source``'s warm-up ended.
@@ -1026,8 +1033,14 @@ class NNgHMC(NeuralStep):
 
         The new step starts in surrogate mode with the trained network, standardisation,
         step size, mass matrix and path length, and never trains: its warm-up (``tune``)
-        adapts step size, mass matrix and path length with the surrogate only, at no true
-        gradient; ``tune=0`` samples with the trained values as they are.
+        adapts step size, mass matrix and path length with the surrogate. Once, after 75
+        warm-up iterations (``REGION_CHECK``; at the end of a shorter warm-up, at the
+        start with ``tune=0``), the surrogate is checked on the new posterior: 32
+        trajectories from the chains' current positions, on the surrogate and on the
+        true gradient, compared by the training's pass rule (``tolerance``). A surrogate
+        that fails -- the new posterior lies outside the region it was trained on -- hands
+        the rest of warm-up and the draws to the true gradient, with a warning.
+        ``check_region=False`` skips the check (sample with the surrogate whatever it is).
 
         ``options`` override the sampler settings copied from ``source``.
         """
@@ -1061,6 +1074,7 @@ class NNgHMC(NeuralStep):
             )
         _check_trained(trained, dim)
         step._trained_start = trained
+        step._check_region = bool(check_region)
         return step
 
     def save(self, path) -> None:
@@ -1124,7 +1138,8 @@ def _check_trained(trained: TrainedNNgHMC, dim: int) -> None:
     check_step_size(trained.step_size, name="the trained step_size")
     check_positive("the trained path_length", trained.path_length)
     check_inverse_mass(trained.inverse_mass, dim, name="the trained inverse_mass")
-    check_finite_arrays(trained.surrogate_leaves, what="the trained surrogate")
+    # Weights are checked where they are read from disk (io.load_arrays); a hand-made
+    # broken network stays usable, since the MH test keeps it exact (it never moves).
 
 
 _NETWORK_OPTIONS = frozenset({"width", "depth", "activation", "block_size", "block_threshold"})

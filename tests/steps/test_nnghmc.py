@@ -231,7 +231,7 @@ def forced(model, surrogate, *, step_size=0.2, **options):
     """An NNgHMC that samples with ``surrogate`` from the start (no training)."""
     layout = pns.target.build_layout(model)
     trained = TrainedNNgHMC.from_surrogate(surrogate, layout=layout, step_size=step_size)
-    return NNgHMC.from_trained(trained, model=model, **options)
+    return NNgHMC.from_trained(trained, model=model, check_region=False, **options)
 
 
 def test_a_random_network_is_still_exact_only_slower(regression_fast):
