@@ -78,6 +78,20 @@ def _masked_moments(values: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.
     return mean, _scale(sd, mean)
 
 
+def heldout_relative_error(surrogate, xs, gs, holdout_mask, slots: int) -> jax.Array:
+    """‖ĝ − g‖ / ‖g‖ over the held-out pairs (``holdout_mask``; at most ``slots``, static),
+    NaN when there are none."""
+    holdout_index, = jnp.nonzero(holdout_mask, size=max(slots, 1), fill_value=0)
+    in_use = jnp.arange(max(slots, 1)) < holdout_mask.sum()
+    predicted = jax.vmap(surrogate)(xs[holdout_index])
+    truth = gs[holdout_index]
+    squared_error = jnp.sum(jnp.where(in_use[:, None], (predicted - truth) ** 2, 0.0))
+    squared_norm = jnp.sum(jnp.where(in_use[:, None], truth**2, 0.0))
+    return jnp.where(
+        squared_norm > 0, jnp.sqrt(squared_error / jnp.where(squared_norm > 0, squared_norm, 1.0)), jnp.nan
+    ).astype(jnp.float64)
+
+
 def fit_gradient_surrogate(
     key: jax.Array,
     surrogate: GradientSurrogate,
@@ -172,17 +186,10 @@ def fit_gradient_surrogate(
     arrays, loss = jax.lax.cond(num_train >= MIN_PAIRS, fit, skip, arrays)
     surrogate = eqx.combine(arrays, structure)
 
-    # Held-out error, over a static-size set of slots (the held-out ones) with a mask.
-    slots = int(heldout_slots(capacity).sum()) * chains
-    holdout_index, = jnp.nonzero(holdout_mask, size=max(slots, 1), fill_value=0)
-    in_use = jnp.arange(max(slots, 1)) < num_heldout
-    predicted = jax.vmap(surrogate)(x_all[holdout_index])
-    truth = g_all[holdout_index]
-    squared_error = jnp.sum(jnp.where(in_use[:, None], (predicted - truth) ** 2, 0.0))
-    squared_norm = jnp.sum(jnp.where(in_use[:, None], truth**2, 0.0))
-    relative_error = jnp.where(
-        (squared_norm > 0) & jnp.isfinite(loss), jnp.sqrt(squared_error / squared_norm), jnp.nan
-    ).astype(jnp.float64)
+    relative_error = heldout_relative_error(
+        surrogate, x_all, g_all, holdout_mask, int(heldout_slots(capacity).sum()) * chains
+    )
+    relative_error = jnp.where(jnp.isfinite(loss), relative_error, jnp.nan)
     return surrogate, GradientFit(loss, relative_error, num_train, num_heldout)
 
 

@@ -118,3 +118,18 @@ def test_warm_start_continues_from_the_previous_network(fitted):
     _, cold = fit(jax.random.key(2), fresh, xs, gs, 1500, steps=50)
     _, warm = fit(jax.random.key(2), surrogate, xs, gs, 1500, steps=50)
     assert float(warm.loss) < float(cold.loss) / 10
+
+
+def test_heldout_relative_error_counts_only_held_out_pairs():
+    from pymc_neural_steps.training import heldout_relative_error
+
+    xs = jnp.arange(12.0).reshape(6, 2)
+    gs = jnp.ones((6, 2))
+    mask = jnp.array([False, True, False, True, False, False])
+
+    def doubled(x):  # predicts 2 where the truth is 1: relative error exactly 1
+        return 2.0 * jnp.ones_like(x)
+
+    assert float(heldout_relative_error(doubled, xs, gs, mask, slots=3)) == pytest.approx(1.0)
+    assert float(heldout_relative_error(lambda x: jnp.ones_like(x), xs, gs, mask, slots=3)) == 0.0
+    assert np.isnan(float(heldout_relative_error(doubled, xs, gs, mask & False, slots=3)))

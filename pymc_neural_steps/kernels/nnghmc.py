@@ -196,39 +196,58 @@ def build_kernel(
             one_step,
             _Trajectory(zero, *start, start, false, zero, false, record_state),
         )
-        x, p, g, logdensity = trajectory.proposal
-        if not exact:
-            logdensity = logdensity_fn(x)
-        finite = jnp.all(jnp.isfinite(x)) & jnp.all(jnp.isfinite(g)) & jnp.all(jnp.isfinite(p))
-        logdensity = jnp.where(finite & ~jnp.isnan(logdensity), logdensity, -jnp.inf)
-
-        energy_proposal = -logdensity + kinetic_energy(p, inverse_mass)
-        energy_error = energy_proposal - energy_start
-        energy_error = jnp.where(jnp.isnan(energy_error), jnp.inf, energy_error)
-        accepted, acceptance_rate = mh_accept(key_accept, -energy_error)
-        new_state = jax.tree.map(
-            lambda new, old: jnp.where(accepted, new, old), HMCState(x, logdensity, g), state
-        )
-        integrated = trajectory.i
-        info = NNgHMCInfo(
-            acceptance_rate=acceptance_rate,
-            is_accepted=accepted,
-            is_divergent=energy_error > divergence_threshold,
-            energy=jnp.where(accepted, energy_proposal, energy_start),
-            energy_error=energy_error,
-            num_steps=num_steps,
-            num_integrated=integrated,
-            # A U-turn seen before the proposal without continuing would be a censored
-            # sample (only short ones are seen): none is reported.
-            uturn_steps=jnp.where(continue_to_uturn, trajectory.uturn_steps, 0),
-            is_nonfinite=~finite,
-            n_grad_evals=integrated if exact else zero,
-            n_field_evals=zero if exact else integrated,
-            n_logp_evals=zero if exact else jnp.ones((), jnp.int64),
+        new_state, info = _metropolis_hastings(
+            key_accept, state, trajectory, energy_start, inverse_mass, num_steps,
+            logdensity_fn=None if exact else logdensity_fn,
+            divergence_threshold=divergence_threshold,
+            reports_uturn=continue_to_uturn,
         )
         return new_state, info, trajectory.record_state
 
     return kernel
+
+
+def _metropolis_hastings(
+    key, state: HMCState, trajectory: _Trajectory, energy_start, inverse_mass, num_steps, *,
+    logdensity_fn, divergence_threshold, reports_uturn,
+) -> tuple[HMCState, NNgHMCInfo]:
+    """The MH test of a finished trajectory's proposal against the true Hamiltonian.
+
+    ``logdensity_fn`` is None when the field was the true gradient (the proposal's log
+    density is then already known); otherwise it is evaluated once, at the proposal."""
+    exact = logdensity_fn is None
+    zero = jnp.zeros((), jnp.int64)
+    x, p, g, logdensity = trajectory.proposal
+    if not exact:
+        logdensity = logdensity_fn(x)
+    finite = jnp.all(jnp.isfinite(x)) & jnp.all(jnp.isfinite(g)) & jnp.all(jnp.isfinite(p))
+    logdensity = jnp.where(finite & ~jnp.isnan(logdensity), logdensity, -jnp.inf)
+
+    energy_proposal = -logdensity + kinetic_energy(p, inverse_mass)
+    energy_error = energy_proposal - energy_start
+    energy_error = jnp.where(jnp.isnan(energy_error), jnp.inf, energy_error)
+    accepted, acceptance_rate = mh_accept(key, -energy_error)
+    new_state = jax.tree.map(
+        lambda new, old: jnp.where(accepted, new, old), HMCState(x, logdensity, g), state
+    )
+    integrated = trajectory.i
+    info = NNgHMCInfo(
+        acceptance_rate=acceptance_rate,
+        is_accepted=accepted,
+        is_divergent=energy_error > divergence_threshold,
+        energy=jnp.where(accepted, energy_proposal, energy_start),
+        energy_error=energy_error,
+        num_steps=num_steps,
+        num_integrated=integrated,
+        # A U-turn seen before the proposal without continuing would be a censored
+        # sample (only short ones are seen): none is reported.
+        uturn_steps=jnp.where(reports_uturn, trajectory.uturn_steps, 0),
+        is_nonfinite=~finite,
+        n_grad_evals=integrated if exact else zero,
+        n_field_evals=zero if exact else integrated,
+        n_logp_evals=zero if exact else jnp.ones((), jnp.int64),
+    )
+    return new_state, info
 
 
 def _acceptance(log_ratio: jax.Array) -> jax.Array:

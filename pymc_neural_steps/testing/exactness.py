@@ -167,6 +167,27 @@ def _z(difference: float, *errors: float) -> float:
     return 0.0 if difference == 0 else math.copysign(math.inf, difference)
 
 
+def _row_problems(rows, *, threshold: float, min_ess: float, max_rhat: float) -> list[str]:
+    """What fails in the z-score rows: unusable diagnostics, low ESS, R-hat, large |z|."""
+    problems = []
+    for row in rows:
+        if row.statistic != "mean":
+            continue
+        values = (row.estimate, row.mcse, row.ess_bulk, row.ess_tail, row.r_hat)
+        if not all(np.isfinite(values)):
+            problems.append(f"{row.key}: non-finite estimate or diagnostic (draws contain NaN/inf, or are constant)")
+        elif min(row.ess_bulk, row.ess_tail) < min_ess:
+            problems.append(
+                f"{row.key}: ESS bulk {row.ess_bulk:.0f} / tail {row.ess_tail:.0f} < {min_ess:.0f}, MCSE unreliable"
+            )
+        if np.isfinite(row.r_hat) and row.r_hat > max_rhat:
+            problems.append(f"{row.key}: R-hat {row.r_hat:.3f} > {max_rhat}")
+    for row in rows:
+        if not abs(row.z) < threshold:
+            problems.append(f"{row.key} {row.statistic}: |z| = {abs(row.z):.2f} ≥ {threshold}")
+    return problems
+
+
 def check_exactness(
     result: object,
     reference: Reference,
@@ -243,21 +264,7 @@ def check_exactness(
             z_sd = _z(est["sd"] - ref.sd, est["mcse_sd"], sd_error)
             rows.append(ZScore(key, "sd", est["sd"], ref.sd, est["mcse_sd"], sd_error, z_sd, **diagnostics))
 
-    for row in rows:
-        if row.statistic != "mean":
-            continue
-        values = (row.estimate, row.mcse, row.ess_bulk, row.ess_tail, row.r_hat)
-        if not all(np.isfinite(values)):
-            problems.append(f"{row.key}: non-finite estimate or diagnostic (draws contain NaN/inf, or are constant)")
-        elif min(row.ess_bulk, row.ess_tail) < min_ess:
-            problems.append(
-                f"{row.key}: ESS bulk {row.ess_bulk:.0f} / tail {row.ess_tail:.0f} < {min_ess:.0f}, MCSE unreliable"
-            )
-        if np.isfinite(row.r_hat) and row.r_hat > max_rhat:
-            problems.append(f"{row.key}: R-hat {row.r_hat:.3f} > {max_rhat}")
-    for row in rows:
-        if not abs(row.z) < threshold:
-            problems.append(f"{row.key} {row.statistic}: |z| = {abs(row.z):.2f} ≥ {threshold}")
+    problems += _row_problems(rows, threshold=threshold, min_ess=min_ess, max_rhat=max_rhat)
 
     return ExactnessReport(
         reference=reference.name,
