@@ -15,7 +15,7 @@ A saved kernel is a directory with two files:
 The module knows nothing about any method: a method saves a pytree of arrays and a JSON
 dict (``save_kernel``), and loads by reading the JSON (``read_metadata``), checking the
 layout (``check_layout``), building a template pytree of the right structure from the JSON,
-and filling it (``load_arrays``). NNgHMC (``steps/nnghmc.py``) is the first user.
+and filling it (``load_arrays``). Every learned method saves and loads through it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Measure EntropyFlowMC's efficiency on the paper's targets and the issue's (not a unit test).
 
     python scripts/entropy_efficiency.py scg icg rotated banana funnel german   # the table in
-                                            # steps/entropy.py (4 × 2000 draws, seed 20240601)
+                                            # docs/design-notes.md (4 × 2000 draws, seed 20240601)
     python scripts/entropy_efficiency.py rotated --options "dict(dense_whitening=False)"
     python scripts/entropy_efficiency.py funnel --chains 16 --seeds 1 2
     python scripts/entropy_efficiency.py scg --options "dict(use_r=True)"

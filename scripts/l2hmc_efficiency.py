@@ -5,7 +5,7 @@
     python scripts/l2hmc_efficiency.py scg --samplers nutpie_nf   # needs flowjax importable
     python scripts/l2hmc_efficiency.py rotated --options "{'dense_whitening': False}"
 
-The L2HMC table in ``steps/l2hmc.py``'s docstring came from
+The L2HMC table in ``docs/design-notes.md`` (L2HMC) came from
 
     python scripts/l2hmc_efficiency.py rotated scg icg banana funnel --draws 2000 --seeds 20240601
 

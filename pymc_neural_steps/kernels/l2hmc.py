@@ -44,7 +44,7 @@ Departures from the paper (all keep the kernel exact):
   in y with unit mass is leapfrog in x with mass M, the momentum being p = S⁻ᵀ v); the tests
   check both forms to 1e-12. The networks see O(1) inputs whatever the target's scale, and
   the ESJD loss measures jumps in posterior standard deviations, so no coordinate dominates
-  it. Only a dense S undoes correlations and rotations (see ``steps/l2hmc.py``).
+  it. Only a dense S undoes correlations and rotations (see ``docs/design-notes.md``).
 - *One direction per transition.* The reference code runs both directions for every chain
   and masks one away, doubling the cost. Here each sub-update evaluates its network once
   and then selects the forward or the inverse formula elementwise (a ``where`` on cheap
