@@ -2,7 +2,7 @@
 
 ``pm.sample`` calls a step method once per draw from Python, which costs 130-290 µs per
 draw before any numerical work (``design.md``). ``sample`` runs the same ``ChainProgram``
-(``steps/base.py``) with the chains vmapped (the leading axis of every carry array, so it
+(``programs/base.py``) with the chains vmapped (the leading axis of every carry array, so it
 can be sharded across devices) and the draws scanned, returning to Python only between
 chunks: for the progress bar and so that Ctrl-C keeps what has been drawn. The result is
 the object ``pm.sample`` returns on the installed PyMC.
@@ -24,13 +24,14 @@ from pymc.stats.convergence import log_warnings, run_convergence_checks
 
 from pymc_neural_steps import adaptation
 from pymc_neural_steps._compat import build_result
-from pymc_neural_steps.steps.base import (
+from pymc_neural_steps.programs.base import (
     DEFAULT_MODE,
     TRAINING_TIME_STAT,
     ChainProgram,
-    NeuralStep,
     iteration_key,
+    training_key,
 )
+from pymc_neural_steps.steps import NeuralStep
 from pymc_neural_steps.target import NonFiniteInitialPointError, Target
 from pymc_neural_steps.validation import check_count
 
@@ -109,8 +110,7 @@ class _BatchedProgram:
             return jax.lax.scan(body, carry, iterations)
 
         def train(carry, seeds, iteration):
-            keys = jax.vmap(iteration_key, (0, None))(seeds, iteration)
-            keys = jax.vmap(jax.random.fold_in, (0, None))(keys, 0x7EA1)
+            keys = jax.vmap(training_key, (0, None))(seeds, iteration)
             if program.pooled_train is not None:
                 return program.pooled_train(keys[0], carry)
             return jax.vmap(program.train)(keys, carry)
@@ -191,14 +191,14 @@ def sample(
     draws = check_count("draws", draws)
     tune = check_count("tune", tune, minimum=0)
     chains = check_count("chains", chains)
-    if model is not None and model is not step._model:
+    if model is not None and model is not step.model:
         raise ValueError(
             f"this {type(step).__name__} was created for another model: its log density is "
             "that model's, so sampling it for this one would mix two models in one result. "
             "Create the step inside `with model:` (or pass model=...), or, to reuse what a "
             "learned step learned, use its from_trained(step, model=model)."
         )
-    model = pm.modelcontext(model if model is not None else step._model)
+    model = pm.modelcontext(model if model is not None else step.model)
     if {v.name for v in step.vars} != {v.name for v in model.value_vars}:
         left_out = sorted({v.name for v in model.value_vars} - {v.name for v in step.vars})
         raise ValueError(
@@ -207,8 +207,7 @@ def sample(
         )
 
     wall_start = time.perf_counter()
-    target = step._build_target()
-    program = step._program(target)
+    target, program = step.chain_program()
     run = _Run(program, chains, progress=_Progress(tune + draws, chains, enabled=progressbar))
     try:
         carry, seeds = _start(run, model, target, chains, random_seed, initvals, jitter)
@@ -294,8 +293,7 @@ def _warm_up(run: _Run, step: NeuralStep, carry, seeds, tune: int, chunk_size):
         carry = run.train(carry, seeds, max(tune - 1, 0))
     carry = jax.block_until_ready(runner.end_tune(carry))
     run.tuning_time = time.perf_counter() - start
-    step.training_time += run.training_time
-    step._tuned(carry, batched=True)
+    step.finish_warmup(carry, batched=True, training_time=run.training_time)
     return carry
 
 

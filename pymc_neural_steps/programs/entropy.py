@@ -33,9 +33,9 @@ import numpy as np
 from pymc_neural_steps import adaptation, ensemble, whitening
 from pymc_neural_steps.kernels import entropy, hmc
 from pymc_neural_steps.programs import learned
+from pymc_neural_steps.programs.base import COMMON_STATS, ChainProgram, StatSpec, pack_stats
+from pymc_neural_steps.programs.hmc import HMCCarry, hmc_program
 from pymc_neural_steps.programs.learned import TrainingReport
-from pymc_neural_steps.steps.base import COMMON_STATS, ChainProgram, StatSpec, pack_stats
-from pymc_neural_steps.steps.hmc import HMCCarry, hmc_program
 from pymc_neural_steps.target import Target
 
 __all__ = [

@@ -32,9 +32,9 @@ from pymc_neural_steps import adaptation, ensemble
 from pymc_neural_steps import whitening as wh
 from pymc_neural_steps.kernels import hmc, l2hmc
 from pymc_neural_steps.programs import learned
+from pymc_neural_steps.programs.base import COMMON_STATS, ChainProgram, StatSpec, pack_stats
+from pymc_neural_steps.programs.hmc import HMC_STATS, HMCCarry, hmc_program
 from pymc_neural_steps.programs.learned import TrainingReport
-from pymc_neural_steps.steps.base import COMMON_STATS, ChainProgram, StatSpec, pack_stats
-from pymc_neural_steps.steps.hmc import HMC_STATS, HMCCarry, hmc_program
 from pymc_neural_steps.target import Target
 
 __all__ = [

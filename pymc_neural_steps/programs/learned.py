@@ -5,7 +5,7 @@ proposal-entropy sampler (Li et al. 2021, §3.3: a flow trained on a bootstrappe
 follow one skeleton, written here once:
 
 1. *HMC warm-up*: true-gradient HMC with Stan's step-size and diagonal-mass adaptation
-   (``steps/hmc.py``'s program) on a schedule of its own, ``hmc_warmup`` iterations long.
+   (``programs/hmc.py``) on a schedule of its own, ``hmc_warmup`` iterations long.
    It gives the whitening the learned kernel works in and its initial step size.
 2. *Training*: a budget of optimiser steps on an ensemble of walkers (``ensemble.py``),
    spread over the rest of warm-up in rounds (``training_rounds``); what a short or
@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pymc_neural_steps import adaptation, ensemble
-from pymc_neural_steps.steps.base import ChainProgram, StatSpec, pack_stats
+from pymc_neural_steps.programs.base import ChainProgram, StatSpec, pack_stats
 
 __all__ = [
     "DEFAULT_TUNE_HORIZON",
@@ -215,7 +215,7 @@ class LearnedMethod(NamedTuple):
     """What a learned method supplies to ``learned_program`` (pure JAX functions of one
     chain's carry unless said otherwise).
 
-    The carry must have the fields ``hmc`` (``steps.hmc.HMCCarry``), ``warmup_iteration``,
+    The carry must have the fields ``hmc`` (``programs.hmc.HMCCarry``), ``warmup_iteration``,
     ``training`` (``ensemble.TrainingState``), ``key`` (raw key data of the training
     randomness), ``started`` (bool: the chain runs the learned kernel) and ``report``.
 

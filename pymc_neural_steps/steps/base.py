@@ -1,7 +1,8 @@
 """What every step method of this package shares: the PyMC contract around a JAX program.
 
 A method is written once, as a ``ChainProgram`` of pure JAX functions of one chain's carry
-(its kernel state plus every adapted or learned quantity). Two drivers run it:
+(its kernel state plus every adapted or learned quantity; ``programs/base.py``). Two
+drivers run it:
 
 * ``NeuralStep.step`` -- PyMC's per-draw loop (``pm.sample(step=...)``), one chain per
   instance, the carry kept in the step's sampling state so that every chain starts from
@@ -11,8 +12,11 @@ A method is written once, as a ``ChainProgram`` of pure JAX functions of one cha
 
 Randomness: each chain has one integer seed, drawn from the generator PyMC hands over
 (``setup_chain`` on PyMC 6, ``set_rng`` on PyMC 5); the key of iteration i is
-``fold_in(key(seed), i)``, so a chain's draws depend on its seed alone, not on how the
-iterations are split into calls or processes.
+``programs.base.iteration_key(seed, i)``, so a chain's draws depend on its seed alone, not
+on how the iterations are split into calls or processes.
+
+The fast driver uses the step through ``model``, ``chain_program()`` and
+``finish_warmup(carry, batched=True)``, nothing private.
 
 Compilation is lazy: nothing is traced or jitted in ``__init__``, and compiled functions
 are dropped on pickling, because PyMC pickles step methods into worker processes and JAX
@@ -23,12 +27,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from dataclasses import field
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pymc as pm
 from pymc.step_methods.compound import BlockedStep, Competence, StepMethodState
@@ -36,82 +38,29 @@ from pymc.step_methods.state import dataclass_state
 from pymc.util import get_random_generator, get_value_vars_from_user_vars
 
 from pymc_neural_steps.adaptation import window_code
+from pymc_neural_steps.programs.base import (  # noqa: F401 -- re-exported (old import paths)
+    COMMON_STATS,
+    DEFAULT_MODE,
+    TRAINING_TIME_STAT,
+    ChainProgram,
+    StatSpec,
+    iteration_key,
+    pack_stats,
+    training_key,
+)
 from pymc_neural_steps.target import Target, build_target, data_fingerprint
 
 __all__ = [
+    "COMMON_STATS",
     "DEFAULT_MODE",
     "TRAINING_TIME_STAT",
     "ChainProgram",
     "NeuralStep",
     "NeuralStepState",
     "StatSpec",
+    "iteration_key",
+    "pack_stats",
 ]
-
-
-class StatSpec(NamedTuple):
-    name: str
-    dtype: type
-
-
-# A stat that the drivers fill on the host (the program packs a placeholder): wall seconds
-# spent in training runs since the previous draw, reported on the draw after the training.
-TRAINING_TIME_STAT = "training_time"
-
-# Stats every method reports, in this order at the start of its packed stats vector.
-COMMON_STATS = (
-    StatSpec("acceptance_rate", np.float64),
-    StatSpec("diverging", bool),
-    StatSpec("model_logp", np.float64),  # ArviZ conversion renames it to "lp"
-    StatSpec("n_grad_evals", np.int64),
-)
-
-
-class ChainProgram(NamedTuple):
-    """One method as pure functions of a single chain (``vmap``-able over chains).
-
-    ``init(position, extras) -> carry``
-    ``tune(key, carry, code, extras, mode) -> (carry, position, stats)``  one warm-up iteration
-    ``end_tune(carry) -> carry``                                           freeze what was learned
-    ``draw(key, carry, extras, mode) -> (carry, position, stats)``         one posterior draw
-    ``refresh(carry, position, extras) -> carry``                          adopt a position set
-                                                                           from outside (compound
-                                                                           steps, new extras)
-    ``stats`` is a float64 vector laid out as ``stat_specs``; ``code`` is the warm-up window
-    code of ``adaptation.window_code``. ``mode`` is a static string chosen on the host
-    (``mode_of``): a method that switches kernels (true gradient -> surrogate) compiles one
-    version per mode instead of evaluating both under ``vmap``.
-
-    Learning happens between iterations, on the host's schedule: after warm-up iteration i,
-    if ``train_at(i, num_tune)`` (``num_tune`` is None when PyMC does not say), the drivers
-    call ``train(key, carry)`` per chain, or ``pooled_train(key, carry)`` once on the
-    batched carry of all chains where the method provides it (the fast driver), unless
-    ``done_training(carry)`` (a host-side check, single or batched carry) says that
-    learning has finished. When warm-up ends, before ``end_tune``, the drivers keep calling
-    ``train`` / ``pooled_train`` while ``train_pending(carry)`` says that training is owed
-    (a budget that a short or open-ended warm-up did not spend): the same compiled
-    function finishes it, and its time counts as training time.
-    """
-
-    init: Callable
-    tune: Callable
-    end_tune: Callable
-    draw: Callable
-    refresh: Callable
-    stat_specs: tuple[StatSpec, ...]
-    # Optional: end warm-up with every chain's carry at once. Batched carry in and out.
-    pooled_end_tune: Callable | None = None
-    train: Callable | None = None
-    pooled_train: Callable | None = None
-    train_at: Callable[[int, int | None], bool] | None = None
-    # carry (single or batched) -> mode name; "default" when absent.
-    mode_of: Callable[[Any], str] | None = None
-    # carry (single or batched) -> whether to skip the remaining training runs.
-    done_training: Callable[[Any], bool] | None = None
-    # carry (single or batched) -> whether training is owed when warm-up ends.
-    train_pending: Callable[[Any], bool] | None = None
-
-
-DEFAULT_MODE = "default"
 
 
 def _jax_backends_initialized() -> bool:
@@ -145,10 +94,6 @@ def _refuse_unsafe_fork() -> None:
             "mp_ctx='spawn', or with pymc_neural_steps.sample, which runs all chains in "
             "one process."
         )
-
-
-def iteration_key(seed, iteration):
-    return jax.random.fold_in(jax.random.key(seed), iteration)
 
 
 @dataclass_state
@@ -263,6 +208,23 @@ class NeuralStep(BlockedStep):
         and to warn when learning failed.
         """
 
+    # --- the driver's interface (``sampling.py``) ------------------------------------------
+    @property
+    def model(self) -> pm.Model:
+        """The model this step was created for."""
+        return self._model
+
+    def chain_program(self) -> tuple[Target, ChainProgram]:
+        """(target, program) for the model's current data, freshly built (not compiled)."""
+        target = self._build_target()
+        return target, self._program(target)
+
+    def finish_warmup(self, carry, *, batched: bool = True, training_time: float = 0.0) -> None:
+        """Tell the step that warm-up ended with ``carry`` (every chain's when ``batched``)
+        and spent ``training_time`` wall seconds training: it keeps what was learned."""
+        self.training_time += training_time
+        self._tuned(carry, batched=batched)
+
     def _update_mode(self):
         mode_of = self._functions()["program"].mode_of
         self.mode = DEFAULT_MODE if mode_of is None else mode_of(self.carry)
@@ -303,8 +265,7 @@ class NeuralStep(BlockedStep):
 
             def train(seed, iteration, carry):
                 # Training draws its randomness from a stream apart from the transitions'.
-                key = jax.random.fold_in(iteration_key(seed, iteration), 0x7EA1)
-                return program.train(key, carry)
+                return program.train(training_key(seed, iteration), carry)
 
             # The carry is donated: a learning method's carry holds megabytes of training
             # data, which would otherwise be copied on every draw. ``self.carry`` is its only
@@ -407,9 +368,4 @@ class NeuralStep(BlockedStep):
             }
 
         return (update_stats,)
-
-
-def pack_stats(*values) -> jax.Array:
-    """Stats as one float64 vector (one host transfer per draw instead of one per stat)."""
-    return jnp.stack([jnp.asarray(v, jnp.float64) for v in values])
 

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from pymc_neural_steps.kernels import entropy
+from pymc_neural_steps.programs.base import ChainProgram, StatSpec
 from pymc_neural_steps.programs.entropy import (
     DEFAULT_TARGET_ACCEPTANCE,
     DENSE_WHITENING_MAX_DIM,
@@ -23,7 +24,7 @@ from pymc_neural_steps.programs.entropy import (
     entropy_program,
     resolve_dense_whitening,
 )
-from pymc_neural_steps.steps.base import ChainProgram, NeuralStep, StatSpec
+from pymc_neural_steps.steps.base import NeuralStep
 from pymc_neural_steps.target import Target, build_layout
 from pymc_neural_steps.trained import TrainedEntropyFlow, TrainedKernelStep
 from pymc_neural_steps.validation import (

@@ -15,9 +15,10 @@ import jax
 import numpy as np
 
 from pymc_neural_steps.kernels import l2hmc
+from pymc_neural_steps.programs.base import ChainProgram, StatSpec
 from pymc_neural_steps.programs.l2hmc import L2HMC_STATS, l2hmc_program
 from pymc_neural_steps.programs.learned import training_rounds
-from pymc_neural_steps.steps.base import ChainProgram, NeuralStep, StatSpec
+from pymc_neural_steps.steps.base import NeuralStep
 from pymc_neural_steps.target import Target, build_layout
 from pymc_neural_steps.trained import TrainedKernelStep, TrainedL2HMC
 from pymc_neural_steps.validation import (
