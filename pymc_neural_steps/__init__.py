@@ -4,9 +4,11 @@
 ...     idata = pm.sample(step=NNgHMC())
 """
 
-from pymc_neural_steps import _xla
+from pymc_neural_steps import _cache, _xla
 
 _xla.install()  # jaxlib < 0.11 on the CPU: no batched LAPACK kernels (see _xla.py)
+_cache.install()  # JAX's persistent compilation cache (see _cache.py)
+configure_compilation_cache = _cache.configure_compilation_cache
 
 from pymc_neural_steps.sampling import sample  # noqa: E402
 from pymc_neural_steps.steps import EntropyFlowMC, JaxHMC, L2HMC, NNgHMC, TrainedNNgHMC  # noqa: E402
@@ -31,5 +33,6 @@ __all__ = [
     "NonFiniteInitialPointError",
     "TrainedNNgHMC",
     "build_target",
+    "configure_compilation_cache",
     "sample",
 ]
