@@ -2,7 +2,6 @@
 driver and one per chain under pm.sample, honest stats, rollback of non-finite training,
 a broken network that never moves the chain, save and load."""
 
-import time
 
 import equinox as eqx
 import jax
@@ -353,11 +352,9 @@ def test_tune_0_trains_nothing_and_says_so():
     reference = strongly_correlated_gaussian()
     with reference.build_model():
         step = EntropyFlowMC()
-        start = time.perf_counter()
         with pytest.warns(UserWarning, match="not trained.*tune=0.*plain HMC"):
             result = pns.sample(step, tune=0, draws=50, chains=2, random_seed=1,
                                 progressbar=False)
-        elapsed = time.perf_counter() - start
         assert step.trained is None
         with pytest.warns(UserWarning, match="not trained"):
             idata = pm.sample(step=EntropyFlowMC(), tune=0, draws=20, chains=1, cores=1,
@@ -370,7 +367,6 @@ def test_tune_0_trains_nothing_and_says_so():
         np.testing.assert_allclose(draws["step_size"].values, 0.25 / 2**0.25)
         assert len(np.unique(draws["n_steps"].values)) > 1
         assert np.isnan(draws["log_q_forward"].values).all()  # no flow proposals
-    assert elapsed < 60, elapsed  # compilation only
 
 
 # ------------------------------------------------------------------ validation (issue 13)

@@ -2,7 +2,6 @@
 one kernel per chain under pm.sample, a training budget that ignores the length of tune,
 rollback of non-finite training steps, save and load."""
 
-import time
 
 import equinox as eqx
 import jax
@@ -378,11 +377,9 @@ def test_tune_0_trains_nothing_and_says_so():
     reference = strongly_correlated_gaussian()
     with reference.build_model():
         step = L2HMC()
-        start = time.perf_counter()
         with pytest.warns(UserWarning, match="not trained.*tune=0.*plain HMC"):
             result = pns.sample(step, tune=0, draws=50, chains=2, random_seed=1,
                                 progressbar=False)
-        elapsed = time.perf_counter() - start
         assert step.trained is None
         with pytest.warns(UserWarning, match="not trained"):
             idata = pm.sample(step=L2HMC(), tune=0, draws=20, chains=1, cores=1,
@@ -394,7 +391,6 @@ def test_tune_0_trains_nothing_and_says_so():
         # HMC at its initial settings: PyMC's 0.25 / d^¼, jittered path lengths.
         np.testing.assert_allclose(draws["step_size"].values, 0.25 / 2**0.25)
         assert len(np.unique(draws["n_steps"].values)) > 1
-    assert elapsed < 60, elapsed  # compilation only
 
 
 def test_a_loaded_kernel_samples_tune_0_without_a_warning(tmp_path):
