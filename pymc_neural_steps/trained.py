@@ -13,7 +13,10 @@ model they belong to. This module holds that once:
 * ``TrainedKernelStep``: the mixin that gives a step class ``from_trained``, ``save``,
   ``load`` and the end-of-warm-up hook ``_tuned`` (keep what was learned; warn when
   training failed or never ran). A method fills in what its networks look like on disk.
-* ``json_float``: a float for JSON (None for NaN or infinity).
+* ``json_float``: a float for JSON (None for NaN or infinity);
+* ``TrainedNNgHMC``: what NNgHMC (Li et al. 2019) learns -- a gradient surrogate and the
+  warm-up's step size, mass matrix and path length -- with ``check_trained_nnghmc``,
+  ``save_nnghmc`` and ``read_nnghmc`` (its own file layout, older than the kernels').
 
 The files are ``io.py``'s (arrays + JSON, no pickle).
 """
@@ -25,9 +28,13 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from pymc_neural_steps.surrogate import GradientSurrogate, SurrogateSpec, make_surrogate
+from pymc_neural_steps.target import Layout, LayoutMismatchError
 from pymc_neural_steps.validation import (
     InvalidSettingError,
     check_finite_arrays,
@@ -41,8 +48,12 @@ __all__ = [
     "TrainedKernel",
     "TrainedKernelStep",
     "TrainedL2HMC",
+    "TrainedNNgHMC",
     "check_trained",
+    "check_trained_nnghmc",
     "json_float",
+    "read_nnghmc",
+    "save_nnghmc",
 ]
 
 
@@ -261,3 +272,133 @@ class TrainedKernelStep:
             **fields,
         )
         return cls.from_trained(trained, vars, model=model, **options)
+
+
+# --- NNgHMC ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainedNNgHMC:
+    """What a warm-up learned, detached from any model: enough to sample another model
+    with the same parameter layout (``NNgHMC.from_trained``) or to save (``io.py``).
+
+    ``surrogate_leaves`` are the network's and standardisation's arrays in the order of
+    ``jax.tree.leaves`` of a surrogate built from ``spec``; ``surrogate`` rebuilds it.
+    """
+
+    spec: SurrogateSpec
+    surrogate_leaves: tuple[np.ndarray, ...]
+    step_size: float
+    inverse_mass: np.ndarray
+    path_length: float
+    layout: dict
+    passed: bool = True
+    report: dict = field(default_factory=dict)
+
+    @staticmethod
+    def structure(spec: SurrogateSpec):
+        """(arrays template, non-array part) of a surrogate with this spec."""
+        return eqx.partition(make_surrogate(spec, jax.random.key(0)), eqx.is_array)
+
+    @property
+    def surrogate(self) -> GradientSurrogate:
+        arrays, static = self.structure(self.spec)
+        leaves = [jnp.asarray(a) for a in self.surrogate_leaves]
+        arrays = jax.tree.unflatten(jax.tree.structure(arrays), leaves)
+        return eqx.combine(arrays, static)
+
+    @classmethod
+    def from_surrogate(
+        cls,
+        surrogate: GradientSurrogate,
+        *,
+        layout: Layout | dict,
+        step_size: float,
+        inverse_mass=None,
+        path_length: float = math.pi / 2,
+        passed: bool = True,
+        report: dict | None = None,
+    ) -> TrainedNNgHMC:
+        """Wrap a surrogate made by hand (e.g. ``surrogate.make_surrogate``) for a model."""
+        fingerprint = layout.fingerprint() if isinstance(layout, Layout) else dict(layout)
+        dim = int(fingerprint["dim"])
+        if surrogate.spec.dim != dim:
+            raise ValueError(
+                f"the surrogate is for dimension {surrogate.spec.dim}, the layout has {dim}"
+            )
+        arrays = eqx.filter(surrogate, eqx.is_array)
+        leaves = tuple(np.asarray(a) for a in jax.tree.leaves(arrays))
+        if inverse_mass is None:
+            inverse_mass = np.ones(dim)
+        inverse_mass = np.asarray(inverse_mass, np.float64)
+        return cls(
+            spec=surrogate.spec,
+            surrogate_leaves=leaves,
+            step_size=float(step_size),
+            inverse_mass=inverse_mass,
+            path_length=float(path_length),
+            layout=fingerprint,
+            passed=passed,
+            report=dict(report or {}),
+        )
+
+
+def check_trained_nnghmc(trained: TrainedNNgHMC, dim: int) -> None:
+    """Refuse a trained NNgHMC kernel (hand-made or read from disk) of another dimension
+    (``LayoutMismatchError``) or one no chain could move with (``InvalidSettingError``)."""
+    if trained.spec.dim != dim or np.shape(trained.inverse_mass) != (dim,):
+        # Only an inconsistent (e.g. hand-edited) saved kernel gets here.
+        raise LayoutMismatchError(
+            f"the trained network has shape ({trained.spec.dim},) and the mass matrix "
+            f"{np.shape(trained.inverse_mass)}, but the model's parameter vector has "
+            f"shape ({dim},)"
+        )
+    check_step_size(trained.step_size, name="the trained step_size")
+    check_positive("the trained path_length", trained.path_length)
+    check_inverse_mass(trained.inverse_mass, dim, name="the trained inverse_mass")
+    # Weights are checked where they are read from disk (io.load_arrays); a hand-made
+    # broken network stays usable, since the MH test keeps it exact (it never moves).
+
+
+def save_nnghmc(path, trained: TrainedNNgHMC, options: dict) -> None:
+    """Write ``trained`` and the step's ``options`` to directory ``path`` (``io.py``)."""
+    from pymc_neural_steps import io
+
+    arrays, _ = TrainedNNgHMC.structure(trained.spec)
+    arrays = jax.tree.unflatten(jax.tree.structure(arrays), list(trained.surrogate_leaves))
+    io.save_kernel(
+        path,
+        kind="NNgHMC",
+        arrays={"surrogate": arrays, "inverse_mass": trained.inverse_mass},
+        layout=trained.layout,
+        metadata={
+            "surrogate_spec": trained.spec.to_json(),
+            "step_size": trained.step_size,
+            "path_length": trained.path_length,
+            "passed": trained.passed,
+            "report": trained.report,
+            "options": options,
+        },
+    )
+
+
+def read_nnghmc(path, model, vars) -> tuple[TrainedNNgHMC, dict]:  # noqa: A002
+    """(trained kernel, saved options) from a directory written by ``save_nnghmc``,
+    refused with ``LayoutMismatchError`` if ``model``'s layout differs from the saved one."""
+    from pymc_neural_steps import io
+
+    _, metadata = io.read_for_model(path, "NNgHMC", model, vars)
+    spec = SurrogateSpec.from_json(metadata["surrogate_spec"])
+    template, _ = TrainedNNgHMC.structure(spec)
+    arrays = io.load_arrays(
+        path, {"surrogate": template, "inverse_mass": np.zeros(spec.dim)}, metadata
+    )
+    trained = TrainedNNgHMC(
+        spec=spec,
+        surrogate_leaves=tuple(np.asarray(a) for a in jax.tree.leaves(arrays["surrogate"])),
+        step_size=float(metadata["step_size"]),
+        inverse_mass=np.asarray(arrays["inverse_mass"]),
+        path_length=float(metadata["path_length"]),
+        layout=metadata["layout"],
+        passed=bool(metadata["passed"]),
+        report=dict(metadata.get("report") or {}),
+    )
+    return trained, dict(metadata.get("options") or {})

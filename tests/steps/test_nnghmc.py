@@ -13,7 +13,7 @@ import pymc_neural_steps as pns
 from pymc_neural_steps import NNgHMC, TrainedNNgHMC
 from pymc_neural_steps._compat import group_dataset
 from pymc_neural_steps.sensitivity import sensitivity_analysis
-from pymc_neural_steps.steps.nnghmc import nnghmc_program, trains_after
+from pymc_neural_steps.programs.nnghmc import nnghmc_program, trains_after
 from pymc_neural_steps.surrogate import default_spec, make_surrogate
 from pymc_neural_steps.target import build_target
 from pymc_neural_steps.testing import (
