@@ -8,15 +8,13 @@ drivers run it:
   instance, the carry kept in the step's sampling state so that every chain starts from
   the same untuned state (PyMC restores ``sampling_state`` between sequential chains);
 * ``pymc_neural_steps.sample`` -- all chains at once, vmapped, in jitted ``lax.scan``
-  chunks (``sampling.py``).
+  chunks (``sampling.py``), using the step through ``model``, ``chain_program()`` and
+  ``finish_warmup()`` only.
 
 Randomness: each chain has one integer seed, drawn from the generator PyMC hands over
 (``setup_chain`` on PyMC 6, ``set_rng`` on PyMC 5); the key of iteration i is
 ``programs.base.iteration_key(seed, i)``, so a chain's draws depend on its seed alone, not
 on how the iterations are split into calls or processes.
-
-The fast driver uses the step through ``model``, ``chain_program()`` and
-``finish_warmup(carry, batched=True)``, nothing private.
 
 Compilation is lazy: nothing is traced or jitted in ``__init__``, and compiled functions
 are dropped on pickling, because PyMC pickles step methods into worker processes and JAX
@@ -25,7 +23,6 @@ does not survive a ``fork`` after it has started threads.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import field
 from typing import Any, ClassVar
@@ -38,62 +35,19 @@ from pymc.step_methods.state import dataclass_state
 from pymc.util import get_random_generator, get_value_vars_from_user_vars
 
 from pymc_neural_steps.adaptation import window_code
-from pymc_neural_steps.programs.base import (  # noqa: F401 -- re-exported (old import paths)
-    COMMON_STATS,
-    DEFAULT_MODE,
-    TRAINING_TIME_STAT,
-    ChainProgram,
-    StatSpec,
-    iteration_key,
-    pack_stats,
-    training_key,
+from pymc_neural_steps.programs.base import (  # noqa: F401 -- re-exported (old paths)
+    COMMON_STATS, DEFAULT_MODE, TRAINING_TIME_STAT, ChainProgram, StatSpec, iteration_key,
+    pack_stats, training_key,
+)
+from pymc_neural_steps.steps._host import (
+    progressbar_config, progressbar_update_functions, refuse_unsafe_fork,
 )
 from pymc_neural_steps.target import Target, build_target, data_fingerprint
 
 __all__ = [
-    "COMMON_STATS",
-    "DEFAULT_MODE",
-    "TRAINING_TIME_STAT",
-    "ChainProgram",
-    "NeuralStep",
-    "NeuralStepState",
-    "StatSpec",
-    "iteration_key",
-    "pack_stats",
+    "COMMON_STATS", "DEFAULT_MODE", "TRAINING_TIME_STAT", "ChainProgram", "NeuralStep",
+    "NeuralStepState", "StatSpec", "iteration_key", "pack_stats",
 ]
-
-
-def _jax_backends_initialized() -> bool:
-    try:
-        from jax._src import xla_bridge
-
-        return bool(xla_bridge.backends_are_initialized())
-    except (ImportError, AttributeError):  # pragma: no cover - a JAX without the helper
-        return False
-
-
-# Set in a child created by fork(): whether the parent had already started JAX, whose
-# thread pools do not survive a fork (JAX then hangs in the child instead of failing).
-_FORKED_AFTER_JAX_STARTED = False
-
-
-def _note_fork() -> None:
-    global _FORKED_AFTER_JAX_STARTED
-    _FORKED_AFTER_JAX_STARTED = _jax_backends_initialized()
-
-
-os.register_at_fork(after_in_child=_note_fork)
-
-
-def _refuse_unsafe_fork() -> None:
-    if _FORKED_AFTER_JAX_STARTED:
-        raise RuntimeError(
-            "This process was forked after JAX had started in its parent, and JAX cannot "
-            "run in such a process (it would hang). Sample with "
-            "pm.sample(..., mp_ctx='forkserver') (PyMC's default on Linux) or "
-            "mp_ctx='spawn', or with pymc_neural_steps.sample, which runs all chains in "
-            "one process."
-        )
 
 
 @dataclass_state
@@ -187,15 +141,18 @@ class NeuralStep(BlockedStep):
             self._end_tune()
         self.tune = False
 
+    def _train(self, fns) -> None:
+        start = time.perf_counter()
+        self.carry = jax.block_until_ready(fns["train"](self.seed, self.iteration, self.carry))
+        elapsed = time.perf_counter() - start
+        self.training_time += elapsed
+        self._pending_training_time += elapsed
+
     def _end_tune(self):
         fns = self._functions()
         pending = fns["program"].train_pending
         while pending is not None and pending(self.carry):
-            start = time.perf_counter()
-            self.carry = jax.block_until_ready(fns["train"](self.seed, self.iteration, self.carry))
-            elapsed = time.perf_counter() - start
-            self.training_time += elapsed
-            self._pending_training_time += elapsed
+            self._train(fns)
         self.carry = fns["end_tune"](self.carry)
         self._update_mode()
         self._tuned(self.carry, batched=False)
@@ -251,9 +208,8 @@ class NeuralStep(BlockedStep):
 
     def _functions(self) -> dict[str, Any]:
         if self._compiled is None:
-            _refuse_unsafe_fork()
-            target = self._build_target()
-            program = self._program(target)
+            refuse_unsafe_fork()
+            target, program = self.chain_program()
 
             def tune(seed, iteration, carry, position, code, extras, mode):
                 carry = program.refresh(carry, position, extras)
@@ -326,11 +282,7 @@ class NeuralStep(BlockedStep):
             and program.train_at(self.iteration, self.num_tune)
             and not (program.done_training is not None and program.done_training(self.carry))
         ):
-            start = time.perf_counter()
-            self.carry = jax.block_until_ready(fns["train"](self.seed, self.iteration, self.carry))
-            elapsed = time.perf_counter() - start
-            self.training_time += elapsed
-            self._pending_training_time += elapsed
+            self._train(fns)
             self._update_mode()
         self.iteration += 1
 
@@ -338,34 +290,6 @@ class NeuralStep(BlockedStep):
         new_point.update(layout.unravel(new_position))
         return new_point, [stats]
 
-    # --- progress bar --------------------------------------------------------------------
-    @staticmethod
-    def _progressbar_config(n_chains=1):
-        from rich.progress import TextColumn
-        from rich.table import Column
-
-        columns = [
-            TextColumn("{task.fields[divergences]}", table_column=Column("Divergences", ratio=1)),
-            TextColumn("{task.fields[acceptance_rate]:0.2f}", table_column=Column("Accept", ratio=1)),
-            TextColumn("{task.fields[n_grad_evals]}", table_column=Column("Grad evals", ratio=1)),
-        ]
-        stats = {
-            "divergences": [0] * n_chains,
-            "acceptance_rate": [0.0] * n_chains,
-            "n_grad_evals": [0] * n_chains,
-        }
-        return columns, stats
-
-    @staticmethod
-    def _make_progressbar_update_functions():
-        def update_stats(stats):
-            # PyMC accumulates nothing for us: "divergences" is the current draw's flag.
-            return {
-                "divergences": int(stats.get("diverging", False)),
-                "acceptance_rate": float(stats.get("acceptance_rate", 0.0)),
-                "n_grad_evals": int(stats.get("n_grad_evals", 0)),
-                "failing": bool(stats.get("diverging", False)),
-            }
-
-        return (update_stats,)
-
+    # --- progress bar (PyMC's hooks) -------------------------------------------------------
+    _progressbar_config = staticmethod(progressbar_config)
+    _make_progressbar_update_functions = staticmethod(progressbar_update_functions)
