@@ -98,6 +98,8 @@ MAX_CAPACITY = 8192
 # First U-turn times measured per mass matrix: λ is their mean, known to ~10 % after 32;
 # continuing more trajectories would cost true gradients for nothing.
 UTURN_SAMPLES = 32
+# The shortest λ the U-turn rule may set: HMC's default (``programs/hmc.py``), whitened units.
+MIN_PATH_LENGTH = math.pi / 2
 MAX_BUFFER_BYTES = 32 * 2**20
 
 
@@ -226,6 +228,8 @@ class NNgHMCCarry(NamedTuple):
     refresh_logp_evals: jax.Array
     extras: tuple  # the other step methods' variables (compound steps), for training
     region_checked: jax.Array  # a trained start's surrogate was checked on this posterior
+    final_checked: jax.Array  # a fresh chain's surrogate was checked since the last warm-up
+    #                           iteration (at the settings it would draw with); trained: True
 
 
 class NNgHMCSettings(NamedTuple):
@@ -408,6 +412,7 @@ def init_carry(settings: NNgHMCSettings, position, extras) -> NNgHMCCarry:
         refresh_logp_evals=zero_int,
         extras=extras,
         region_checked=jnp.asarray(not s.checks_region),
+        final_checked=jnp.asarray(s.trained is not None),
     )
 
 
@@ -486,15 +491,24 @@ def reported(carry: NNgHMCCarry) -> NNgHMCCarry:
     )
 
 
-def path_length_update(uturn: UTurnEstimate, path_length, uturn_steps, step_size, code):
-    """λ as half the mean first-U-turn time since the mass matrix last changed.
+def path_length_update(uturn: UTurnEstimate, path_length, uturn_steps, step_size, code,
+                       floor=MIN_PATH_LENGTH):
+    """λ as half the mean first-U-turn time since the mass matrix last changed, never
+    below ``floor``.
 
     A change after this iteration (``code == SLOW_END``) discards the old metric's times;
-    λ keeps its last value until new ones arrive."""
+    λ keeps its last value until new ones arrive. The floor is HMC's own λ (π/2 in the
+    whitened units of the mass matrix): on a posterior that a diagonal mass matrix cannot
+    whiten (strong correlations), the first U-turn comes after a half-oscillation across
+    the narrowest direction, and half of it is far too short to cross the longest one
+    (a regression on uncentred calendar years: 9 leapfrog steps against JaxHMC's 307,
+    R-hat 3.2). With the floor NNgHMC's trajectories are never shorter than those of the
+    HMC it is measured against."""
     seen = uturn_steps > 0
     total = uturn.total + jnp.where(seen, uturn_steps * step_size, 0.0)
     count = uturn.count + seen
-    path_length = jnp.where(count > 0, 0.5 * total / jnp.maximum(count, 1), path_length)
+    estimate = jnp.maximum(0.5 * total / jnp.maximum(count, 1), floor)
+    path_length = jnp.where(count > 0, estimate, path_length)
     reset = code == adaptation.SLOW_END
     uturn = UTurnEstimate(jnp.where(reset, 0.0, total), jnp.where(reset, 0.0, count))
     return uturn, path_length
@@ -535,6 +549,8 @@ def tune_iteration(settings: NNgHMCSettings, key, carry: NNgHMCCarry, code, extr
         uturn=uturn,
         path_length=path_length,
         step_floor=step_floor,
+        # The settings moved: a fresh chain's surrogate is owed a check at the end.
+        final_checked=carry.final_checked & (s.trained is not None),
     )
     return carry, state.position, packed
 
@@ -580,12 +596,15 @@ def assess(settings: NNgHMCSettings, key, arrays, carry: NNgHMCCarry, positions)
     """Paired trajectories (true vs surrogate) from ``positions`` (chains, per chain,
     d), at each chain's current step size, metric and path length.
 
-    Returns the mean acceptances and the true gradients each chain spent."""
+    Returns the mean acceptances, the true gradients each chain spent, and the standard
+    error of the mean paired shortfall (true − surrogate acceptance)."""
     target = settings.target
     chains, per_chain = positions.shape[:2]
     key_steps, key_pairs = jax.random.split(key)
-    # Dual averaging's averaged step size: its iterate oscillates around it.
+    # Dual averaging's averaged step size (its iterate oscillates around it), floored as
+    # the transitions floor it: the step size the draws would use if warm-up ended now.
     step_size, _ = jax.vmap(adaptation.warmup_final)(carry.warmup)
+    step_size = jnp.maximum(step_size, carry.step_floor)
 
     # One flat batch of chains × per_chain pairs (a nested vmap compiles much slower).
     def per_pair(a):
@@ -619,7 +638,9 @@ def assess(settings: NNgHMCSettings, key, arrays, carry: NNgHMCCarry, positions)
         jax.tree.map(per_pair, carry.extras),
     )
     spent = jnp.sum((num_steps + 1).reshape(chains, per_chain), axis=1)
-    return jnp.mean(accept_true), jnp.mean(accept_surrogate), spent
+    shortfall = accept_true - accept_surrogate
+    error = jnp.std(shortfall) / jnp.sqrt(shortfall.size)
+    return jnp.mean(accept_true), jnp.mean(accept_surrogate), spent, error
 
 
 def _per_chain(settings: NNgHMCSettings, chains: int) -> int:
@@ -651,11 +672,11 @@ def _train_once(settings: NNgHMCSettings, key, carry: NNgHMCCarry) -> NNgHMCCarr
 
     def skip(_):
         nan = jnp.full((), jnp.nan, jnp.float64)
-        return nan, nan, jnp.zeros(chains, jnp.int64)
+        return nan, nan, jnp.zeros(chains, jnp.int64), nan
 
     key_assess, key_starts = jax.random.split(key_assess)
     starts = buffered_starts(key_starts, carry, per_chain, settings.holdout)
-    accept_true, accept_surrogate, spent = jax.lax.cond(
+    accept_true, accept_surrogate, spent, _ = jax.lax.cond(
         fitted_ok, lambda _: assess(settings, key_assess, arrays, carry, starts), skip, None
     )
     passed = fitted_ok & (accept_surrogate >= accept_true - settings.tolerance)
@@ -699,24 +720,47 @@ def _train_once(settings: NNgHMCSettings, key, carry: NNgHMCCarry) -> NNgHMCCarr
 def pooled_train(settings: NNgHMCSettings, key, carry: NNgHMCCarry) -> NNgHMCCarry:
     """Fit one network on every chain's buffer, assess it on every chain, share it; a
     surrogate that passes (``tolerance``) takes over the chains' field."""
-    # The drivers skip training once it passed (``done_training``); this guards direct calls.
+    # A passed surrogate is left alone (``pooled_step`` checks it instead).
     return jax.lax.cond(
         jnp.all(carry.passed), lambda c: c, lambda c: _train_once(settings, key, c), carry
     )
 
 
-def pooled_region_check(settings: NNgHMCSettings, key, carry: NNgHMCCarry) -> NNgHMCCarry:
+def check_passes(settings: NNgHMCSettings, accept_true, accept_surrogate, target_accept,
+                 error):
+    """The pass rule of a check after the switch: the surrogate's acceptance is within
+    ``tolerance`` of the true gradient's on the same trajectories, or of the acceptance
+    its step size adapts to (``surrogate_target``: the shortfall measured when it passed
+    is allowed for by design, and ε grows with it), whichever is lower -- allowing two
+    standard errors of the measured shortfall (``error``: 32 pairs from a few starting
+    points are noisy, and a false alarm throws the speed-up away)."""
+    goal = jnp.minimum(accept_true, jnp.mean(target_accept))
+    return accept_surrogate >= goal - settings.tolerance - 2.0 * jnp.nan_to_num(error)
+
+
+def pooled_region_check(settings: NNgHMCSettings, key, carry: NNgHMCCarry,
+                        restart_step_size=None, lenient=False) -> NNgHMCCarry:
     """A trained start's surrogate against the true gradient on THIS posterior: paired
     trajectories from every chain's current position (momenta drawn afresh), the pass
     rule of training. A surrogate that fails (the posterior has left the region it was
     trained on, e.g. under a prior moved far) hands the rest of warm-up and the draws
-    to the true gradient: exact and tuned, at HMC's cost."""
+    to the true gradient: exact and tuned, at HMC's cost.
+
+    ``restart_step_size`` (per chain): where it fails, dual averaging restarts there (the
+    step size adapted to a failing surrogate's acceptance may have collapsed towards 0,
+    held up only by the floor); None keeps it going. ``lenient`` applies ``check_passes``
+    (a fresh chain's re-check) instead of training's rule (a trained start: the surrogate
+    has not been measured on this posterior at all)."""
     chains = carry.passed.shape[0]
     per_chain = _per_chain(settings, chains)
     starts = jnp.repeat(carry.state.position[:, None, :], per_chain, axis=1)
     arrays = jax.tree.map(lambda a: a[0], carry.surrogate)
-    accept_true, accept_surrogate, spent = assess(settings, key, arrays, carry, starts)
-    fits = accept_surrogate >= accept_true - settings.tolerance
+    accept_true, accept_surrogate, spent, error = assess(settings, key, arrays, carry, starts)
+    if lenient:
+        fits = check_passes(settings, accept_true, accept_surrogate,
+                            carry.warmup.target_accept, error)
+    else:
+        fits = accept_surrogate >= accept_true - settings.tolerance
     fields = jax.vmap(lambda x, e: true_field(settings.target, e)(x))(
         carry.state.position, carry.extras
     )
@@ -727,6 +771,12 @@ def pooled_region_check(settings: NNgHMCSettings, key, carry: NNgHMCCarry) -> NN
     warmup = carry.warmup._replace(
         target_accept=jnp.where(fits, carry.warmup.target_accept, settings.user_target_accept)
     )
+    if restart_step_size is not None:
+        restarted = jax.vmap(adaptation.dual_averaging_init)(restart_step_size)
+        keep = lambda a, b: jnp.where(fits, a, b)  # noqa: E731
+        warmup = warmup._replace(
+            dual_averaging=jax.tree.map(keep, warmup.dual_averaging, restarted)
+        )
     report = carry.report._replace(
         accept_true=jnp.broadcast_to(accept_true, (chains,)),
         accept_surrogate=jnp.broadcast_to(accept_surrogate, (chains,)),
@@ -742,8 +792,40 @@ def pooled_region_check(settings: NNgHMCSettings, key, carry: NNgHMCCarry) -> NN
     )
 
 
+def final_check(settings: NNgHMCSettings, key, carry: NNgHMCCarry) -> NNgHMCCarry:
+    """A fresh chain's surrogate that passed, checked again: paired trajectories from
+    every chain's current position at the settings the chain would draw with now (the
+    averaged step size, the mass matrix and λ), the pass rule of training. It runs at
+    every training point after the surrogate passed, and once more when warm-up ends
+    unless nothing changed since (``final_checked``).
+
+    Training assessed the surrogate at the step size of that moment and from recorded
+    positions; afterwards ε adapts to the surrogate's own acceptance and λ grows, and a
+    surrogate that was good enough then may not be now (a regression on uncentred
+    calendar years: it passed, then accepted 10% of the draws, R-hat 2.5). One that fails
+    hands the chains back to the true gradient, with dual averaging restarted at the
+    true gradient's step size of the switch; in warm-up, training then goes on at the
+    next training point."""
+    switch_step_size = carry.step_floor / STEP_FLOOR
+    checked = pooled_region_check(settings, key, carry, restart_step_size=switch_step_size,
+                                  lenient=True)
+    # Reported as a training run: its time and true gradients are part of training's.
+    return checked._replace(
+        final_checked=jnp.ones_like(carry.final_checked),
+        just_trained=jnp.ones_like(carry.just_trained),
+    )
+
+
 def pooled_step(settings: NNgHMCSettings, key, carry: NNgHMCCarry) -> NNgHMCCarry:
-    """What the drivers' training call does: train, or check a trained start once."""
+    """What the drivers' training call does: train, check a passed surrogate at the end
+    of warm-up (``final_check``), or check a trained start once."""
+    if settings.trained is None:
+        return jax.lax.cond(
+            jnp.all(carry.passed),
+            lambda c: final_check(settings, key, c),
+            lambda c: _train_once(settings, key, c),
+            carry,
+        )
     if not settings.checks_region:
         return pooled_train(settings, key, carry)
     return jax.lax.cond(
@@ -771,9 +853,11 @@ def mode_of(carry) -> str:
 
 
 def done_training(settings: NNgHMCSettings, carry) -> bool:
+    """A trained start is done once checked; a fresh chain never is: after its surrogate
+    passed, every training point checks it again (``final_check``)."""
     if settings.trained is not None:
         return bool(np.asarray(carry.region_checked).all())
-    return bool(np.asarray(carry.passed).all())
+    return False
 
 
 def _never(iteration, num_tune) -> bool:
@@ -792,12 +876,18 @@ def _training_owed(settings: NNgHMCSettings, carry) -> bool:
     return not done_training(settings, carry)
 
 
+def _final_check_owed(carry) -> bool:
+    """A fresh chain owes ``final_check`` when warm-up ends if its surrogate passed."""
+    return bool(np.asarray(carry.passed).all() and not np.asarray(carry.final_checked).all())
+
+
 def schedule(settings: NNgHMCSettings):
     """(train_at, train_pending): training on ``trains_after``'s schedule for a fresh
-    chain; for a trained start, one region check after ``region_check_after`` iterations
-    (owed at the end of a shorter warm-up), or nothing with ``check_region=False``."""
+    chain, and its ``final_check`` owed when warm-up ends; for a trained start, one region
+    check after ``region_check_after`` iterations (owed at the end of a shorter warm-up),
+    or nothing with ``check_region=False``."""
     if settings.trained is None:
-        return partial(_trains, settings), None
+        return partial(_trains, settings), _final_check_owed
     if not settings.checks_region:
         return _never, None
     return _at_region_check, partial(_training_owed, settings)

@@ -71,9 +71,13 @@ class NNgHMC(NeuralStep):
         ``pymc_neural_steps.sample`` trains one network for all).
     tolerance
         The surrogate passes when its mean acceptance ≥ the true gradient's − tolerance.
+        Once passed, it is checked again at every training point and when warm-up ends,
+        at the settings the chains would draw with (the goal: the lower of the true
+        gradient's acceptance and the one its step size adapts to); a surrogate that
+        fails goes back to the true gradient (and to training, while warm-up lasts).
     first_training, retrain_every
         Training after warm-up iteration ``first_training`` and every ``retrain_every``
-        after it, until the surrogate passes.
+        after it, until the surrogate passes; a check at each of them afterwards.
     adapt_mass
         Estimate a diagonal mass matrix during warm-up (Stan's windows).
     model, rng, initial_point
@@ -164,8 +168,18 @@ class NNgHMC(NeuralStep):
         passed = np.asarray(carry.passed).reshape(-1)
         report = jax.tree.map(lambda a: np.asarray(a).reshape(-1), carry.report)
         tolerance = self.options["tolerance"]
+        final = np.asarray(carry.final_checked).reshape(-1)
         if self._trained_start is None and not passed.all():
-            if int(report.trainings.max()) == 0:
+            if final.all():
+                reason = (
+                    "the surrogate passed its checks in warm-up but failed the last one, "
+                    "at the step size and path length of the draws (trajectories from the "
+                    f"chains' final positions accepted with mean probability "
+                    f"{np.nanmean(report.accept_surrogate):.2f} against "
+                    f"{np.nanmean(report.accept_true):.2f} on the true gradient, "
+                    f"tolerance {tolerance})"
+                )
+            elif int(report.trainings.max()) == 0:
                 reason = (
                     "there was nothing to train on (tune=0, or a warm-up too short to "
                     "record trajectories and train: use tune >= 300)"

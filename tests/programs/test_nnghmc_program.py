@@ -3,6 +3,7 @@ model: the fields, the schedule, λ from U-turns, recording in warm-up, the asse
 starting points, the assessment and region check with an exact and a useless surrogate,
 pooled training, and the trained kernel read off a carry."""
 
+from functools import partial
 from types import SimpleNamespace
 
 import equinox as eqx
@@ -108,7 +109,11 @@ def test_trains_after_follows_first_and_every():
 def test_the_schedule_of_a_fresh_chain_and_of_trained_starts():
     fresh = settings_with()
     train_at, pending = program.schedule(fresh)
-    assert pending is None
+    owed = SimpleNamespace(passed=np.array([True, True]), final_checked=np.array([False, False]))
+    assert pending(owed)  # a passed surrogate is checked again when warm-up ends
+    assert not pending(SimpleNamespace(passed=owed.passed, final_checked=np.array([True, True])))
+    assert not pending(SimpleNamespace(passed=np.array([False, False]),
+                                       final_checked=np.array([False, False])))
     assert [i for i in range(1000) if train_at(i, 1000)] == [
         i for i in range(1000) if program.trains_after(i, 1000)
     ]
@@ -135,14 +140,23 @@ def test_mode_of_refuses_chains_that_disagree():
 # --- one chain -------------------------------------------------------------------------------
 def test_path_length_is_half_the_mean_u_turn_time_and_resets_with_the_metric():
     start = program.UTurnEstimate(jnp.zeros(()), jnp.zeros(()))
-    uturn, lam = program.path_length_update(start, 1.0, 10, 0.1, adaptation.SLOW)
+    update = partial(program.path_length_update, floor=0.0)
+    uturn, lam = update(start, 1.0, 10, 0.1, adaptation.SLOW)
     np.testing.assert_allclose(lam, 0.5)  # one U-turn at time 1.0
-    uturn, lam = program.path_length_update(uturn, lam, 0, 0.1, adaptation.SLOW)
+    uturn, lam = update(uturn, lam, 0, 0.1, adaptation.SLOW)
     np.testing.assert_allclose(lam, 0.5)  # no U-turn seen: unchanged
     np.testing.assert_allclose(uturn.count, 1.0)
-    uturn, lam = program.path_length_update(uturn, lam, 30, 0.1, adaptation.SLOW_END)
+    uturn, lam = update(uturn, lam, 30, 0.1, adaptation.SLOW_END)
     np.testing.assert_allclose(lam, 1.0)  # (1 + 3) / 2 / 2
     assert float(uturn.count) == 0.0 and float(uturn.total) == 0.0  # the metric changes
+
+
+def test_path_length_never_falls_below_hmcs():
+    start = program.UTurnEstimate(jnp.zeros(()), jnp.zeros(()))
+    _, lam = program.path_length_update(start, 1.0, 10, 0.1, adaptation.SLOW)
+    np.testing.assert_allclose(lam, np.pi / 2)  # the U-turn estimate 0.5 is floored
+    _, lam = program.path_length_update(start, 1.0, 50, 0.1, adaptation.SLOW)
+    np.testing.assert_allclose(lam, 2.5)  # a longer estimate is kept
 
 
 def test_warm_up_records_pairs_only_from_the_first_slow_window():
@@ -188,10 +202,11 @@ def test_assess_an_exact_surrogate_matches_the_true_gradient():
     settings = settings_with(LinearLikelihoodGradient(jnp.ones(())))
     carry = batched_carry(settings, np.ones((2, DIM)))
     starts = jnp.ones((2, 4, DIM)) + 0.1
-    accept_true, accept_surrogate, spent = program.assess(
+    accept_true, accept_surrogate, spent, error = program.assess(
         settings, jax.random.key(1), settings.arrays0, carry, starts
     )
     np.testing.assert_allclose(accept_surrogate, accept_true, atol=1e-8)
+    assert float(error) < 1e-8  # identical pairs: no spread in the shortfall
     assert spent.shape == (2,) and np.all(np.asarray(spent) >= 4 * 2)
 
 
@@ -207,6 +222,31 @@ def test_region_check_keeps_a_fitting_surrogate_and_drops_a_useless_one():
         if not fits:  # back on the true gradient: the carried field is the true one
             true_gradient = jax.vmap(jax.grad(settings.target.logdensity))(carry.state.position)
             np.testing.assert_allclose(checked.state.gradient, true_gradient)
+
+
+def test_a_passed_surrogate_is_checked_again_and_a_failing_one_dropped():
+    for scale, fits in ((1.0, True), (0.0, False)):
+        settings = settings_with(LinearLikelihoodGradient(jnp.asarray(scale)))
+        carry = batched_carry(settings, np.ones((2, DIM)))
+        assert not bool(carry.final_checked.any())
+        switched_at = 0.3  # the true gradient's step size when the surrogate passed
+        carry = carry._replace(
+            passed=jnp.ones(2, bool), step_floor=jnp.full(2, program.STEP_FLOOR * switched_at)
+        )
+        checked = program.final_check(settings, jax.random.key(2), carry)
+        assert bool(checked.final_checked.all())
+        assert bool(checked.passed.all()) is fits and bool(checked.passed.any()) is fits
+        if not fits:  # dual averaging restarts at the true gradient's step size of the switch
+            step_size, _ = jax.vmap(adaptation.warmup_final)(checked.warmup)
+            np.testing.assert_allclose(step_size, switched_at)
+            assert float(checked.step_floor.max()) == 0.0
+        assert int(checked.pending_grad_evals.min()) > 0  # the check's gradients are counted
+    # The drivers' training call runs it for a passed surrogate, and trains otherwise.
+    settings = settings_with(buffer_size=64, train_steps=2, assess_trajectories=2)
+    carry = batched_carry(settings, np.ones((2, DIM)))
+    step = jax.jit(lambda k, c: program.pooled_step(settings, k, c))
+    assert bool(step(jax.random.key(3), carry._replace(passed=jnp.ones(2, bool))).final_checked.all())
+    assert not bool(step(jax.random.key(3), carry).final_checked.any())
 
 
 def test_pooled_train_fits_assesses_and_shares_one_network():
