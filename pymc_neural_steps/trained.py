@@ -169,6 +169,7 @@ class TrainedKernelStep:
             )
             self.trained = None
             return
+        gate_report = self._warn_if_gated(carry, batched)
         fields, report = self._trained_fields(training, carry, batched)
         self.trained = self.trained_class(
             networks=jax.tree.map(np.asarray, training.params),
@@ -180,10 +181,47 @@ class TrainedKernelStep:
                 "train_steps": steps,
                 "rollbacks": rejected,
                 "final_loss": json_float(training.loss),
+                **gate_report,
                 **report,
             },
             **fields,
         )
+
+    def _warn_if_gated(self, carry: Any, batched: bool) -> dict:
+        """The gate's figures (``programs/gate.py``) for the report, and a warning for
+        every chain it sent back to HMC."""
+        gate = getattr(carry, "gate", None)
+        if gate is None:
+            return {}
+        gate = jax.device_get(gate)
+        decided = np.atleast_1d(gate.decided)
+        use = np.atleast_1d(gate.use_learned)
+        learned, hmc = np.atleast_1d(gate.learned_score), np.atleast_1d(gate.hmc_score)
+        resolved = np.atleast_1d(gate.learned_resolved)
+        rejected = decided & ~use
+        if rejected.any():
+            i = int(np.flatnonzero(rejected)[0])
+            which = "every chain" if batched or rejected.size == 1 else f"{rejected.sum()} chains"
+            why = (
+                f"{learned[i]:.3g} ESS per true gradient in its slowest direction against "
+                f"HMC's {hmc[i]:.3g}"
+                if resolved[i]
+                else "its autocorrelation did not die out within the pilot, so its ESS "
+                f"per true gradient is at most {learned[i]:.3g}, against HMC's {hmc[i]:.3g}"
+            )
+            warnings.warn(
+                f"{self.kind}: the trained kernel mixed worse than true-gradient HMC on "
+                f"pilots from the same walkers: {why}. So {which} went on with HMC for the "
+                "rest of warm-up (adapting) and the draws. The draws are exact; their cost "
+                "is HMC's. A longer tune or train_steps may let the kernel win.",
+                UserWarning,
+                stacklevel=3,
+            )
+        return {
+            "gate_learned_ess_per_grad": json_float(learned[0]),
+            "gate_hmc_ess_per_grad": json_float(hmc[0]),
+            "gate_use_learned": bool(use[0]),
+        }
 
     # --- reuse, save and load --------------------------------------------------------------
     @classmethod

@@ -34,6 +34,7 @@ from pymc_neural_steps import adaptation, ensemble, whitening
 from pymc_neural_steps.kernels import entropy, hmc
 from pymc_neural_steps.programs import learned
 from pymc_neural_steps.programs.base import COMMON_STATS, ChainProgram, StatSpec, pack_stats
+from pymc_neural_steps.programs.gate import Gate, undecided
 from pymc_neural_steps.programs.hmc import HMCCarry, hmc_program
 from pymc_neural_steps.programs.learned import TrainingReport
 from pymc_neural_steps.target import Target
@@ -116,6 +117,7 @@ class EntropyCarry(NamedTuple):
     key: jax.Array  # raw key data of the training randomness, set when training starts
     started: jax.Array  # bool: the chain runs the flow kernel
     report: TrainingReport
+    gate: Gate  # the flow kernel against HMC, once training is spent
 
 
 def preconditioner(context: FlowContext) -> entropy.Preconditioner:
@@ -381,6 +383,7 @@ def init_carry(settings: EntropySettings, trained, position, extras) -> EntropyC
         key=jax.random.key_data(jax.random.key(0)),
         started=jnp.asarray(trained is not None),
         report=learned.empty_report(),
+        gate=undecided(trained is not None),
     )
 
 
@@ -390,14 +393,15 @@ def _hmc_stats(stats):
     return jnp.concatenate([stats[:4], stats[6:8], pack_stats(0, nan, nan, nan, nan, False)])
 
 
-def hmc_iteration(settings: EntropySettings, key, carry: EntropyCarry, extras, tuning: bool):
+def hmc_iteration(settings: EntropySettings, key, carry: EntropyCarry, extras, tuning: bool,
+                  driver_code=adaptation.FAST):
     """One true-gradient HMC iteration: of the warm-up (adapting, collecting the whitening's
     estimates and the first walkers) when ``tuning``, else of HMC at its current settings
     (a chain never warmed up)."""
     if not tuning:
         hmc_carry, position, stats = settings.hmc_part.draw(key, carry.hmc, extras)
         return carry._replace(hmc=hmc_carry), position, _hmc_stats(stats)
-    code = settings.hmc_codes[jnp.minimum(carry.warmup_iteration, settings.hmc_warmup - 1)]
+    code = learned.hmc_code(settings.hmc_codes, carry.warmup_iteration, carry.gate, driver_code)
     hmc_carry, position, stats = settings.hmc_part.tune(key, carry.hmc, code, extras)
     welford, center = learned.center_update(
         code, carry.center_welford, carry.center_estimate, position

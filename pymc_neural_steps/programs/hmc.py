@@ -26,7 +26,14 @@ from pymc_neural_steps.programs.base import (
 )
 from pymc_neural_steps.target import Target
 
-__all__ = ["HMC_STATS", "HMCCarry", "hmc_program", "initial_step_size", "jittered_num_steps"]
+__all__ = [
+    "HMC_STATS",
+    "HMCCarry",
+    "freeze",
+    "hmc_program",
+    "initial_step_size",
+    "jittered_num_steps",
+]
 
 
 class HMCCarry(NamedTuple):
@@ -54,6 +61,12 @@ def jittered_num_steps(key, step_size, path_length, max_steps):
     length = jax.random.uniform(key, minval=0.0, maxval=2.0 * path_length)
     steps = jnp.ceil(length / step_size)
     return jnp.clip(jnp.nan_to_num(steps, nan=1.0), 1, max_steps).astype(jnp.int64)
+
+
+def freeze(carry: HMCCarry) -> HMCCarry:
+    """The carry with warm-up's final step size and mass matrix as the ones to draw with."""
+    step_size, inverse_mass = adaptation.warmup_final(carry.warmup)
+    return carry._replace(step_size=step_size, inverse_mass=inverse_mass)
 
 
 def hmc_program(
@@ -118,10 +131,6 @@ def hmc_program(
         carry = carry._replace(state=state, warmup=warmup, refresh_evals=jnp.zeros((), int))
         return carry, state.position, stats
 
-    def end_tune(carry):
-        step_size, inverse_mass = adaptation.warmup_final(carry.warmup)
-        return carry._replace(step_size=step_size, inverse_mass=inverse_mass)
-
     def draw(key, carry, extras, mode=DEFAULT_MODE):
         state, _, stats = transition(key, carry, carry.step_size, carry.inverse_mass, extras)
         carry = carry._replace(state=state, refresh_evals=jnp.zeros((), int))
@@ -130,7 +139,7 @@ def hmc_program(
     return ChainProgram(
         init=init,
         tune=tune,
-        end_tune=end_tune,
+        end_tune=freeze,
         draw=draw,
         refresh=refresh,
         stat_specs=COMMON_STATS + HMC_STATS,

@@ -33,6 +33,7 @@ from pymc_neural_steps import whitening as wh
 from pymc_neural_steps.kernels import hmc, l2hmc
 from pymc_neural_steps.programs import learned
 from pymc_neural_steps.programs.base import COMMON_STATS, ChainProgram, StatSpec, pack_stats
+from pymc_neural_steps.programs.gate import Gate, undecided
 from pymc_neural_steps.programs.hmc import HMC_STATS, HMCCarry, hmc_program
 from pymc_neural_steps.programs.learned import TrainingReport
 from pymc_neural_steps.target import Target
@@ -170,6 +171,7 @@ class L2HMCCarry(NamedTuple):
     started: jax.Array  # bool: training has started (the chain runs the learned kernel)
     report: TrainingReport
     best: BestKernel
+    gate: Gate  # the learned kernel against HMC, once training is spent
 
 
 def step_scaled(nets: l2hmc.L2HMCNetworks, factor) -> l2hmc.L2HMCNetworks:
@@ -443,10 +445,12 @@ def init_carry(settings: L2HMCSettings, trained, position, extras) -> L2HMCCarry
         started=jnp.asarray(trained is not None),
         report=learned.empty_report(),
         best=unscored(training.params),
+        gate=undecided(trained is not None),
     )
 
 
-def hmc_iteration(settings: L2HMCSettings, key, carry: L2HMCCarry, extras, tuning: bool):
+def hmc_iteration(settings: L2HMCSettings, key, carry: L2HMCCarry, extras, tuning: bool,
+                  driver_code=adaptation.FAST):
     """One true-gradient HMC iteration: of the warm-up (adapting, collecting the whitening's
     estimates) when ``tuning``, else of HMC at its current settings (a chain never warmed up)."""
     start = carry.hmc.state.position
@@ -456,7 +460,7 @@ def hmc_iteration(settings: L2HMCSettings, key, carry: L2HMCCarry, extras, tunin
         return carry._replace(hmc=hmc_carry), position, jnp.concatenate(
             [stats, pack_stats(jump, 0.0)]
         )
-    code = settings.hmc_codes[jnp.minimum(carry.warmup_iteration, settings.hmc_warmup - 1)]
+    code = learned.hmc_code(settings.hmc_codes, carry.warmup_iteration, carry.gate, driver_code)
     hmc_carry, position, stats = settings.hmc_part.tune(key, carry.hmc, code, extras)
     welford, center = learned.center_update(
         code, carry.center_welford, carry.center_estimate, position

@@ -12,7 +12,10 @@ follow one skeleton, written here once:
    open-ended warm-up leaves is finished when it ends (``ChainProgram.train_pending``).
    ``pymc_neural_steps.sample`` trains ONE kernel for all chains (``pooled_train``): the
    first few walkers of every chain form one shared ensemble.
-3. *Frozen kernel*: the chain runs the learned kernel between rounds, and the kernel is
+3. *The gate* (``programs/gate.py``): when the budget is spent, pilots of the learned
+   kernel and of HMC from the same walkers measure ESS per true gradient in the worst
+   direction; the learned kernel goes on only if it wins, else the chain falls back to HMC.
+4. *Frozen kernel*: the chain runs the learned kernel between rounds, and the kernel is
    frozen by no longer training it when warm-up ends.
 
 A method supplies the pieces that differ (``LearnedMethod``); ``learned_program``
@@ -31,6 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from pymc_neural_steps import adaptation, ensemble
+from pymc_neural_steps.programs import gate as gates
+from pymc_neural_steps.programs import hmc as hmc_programs
 from pymc_neural_steps.programs.base import ChainProgram, StatSpec, pack_stats
 
 __all__ = [
@@ -43,6 +48,8 @@ __all__ = [
     "add_reports",
     "center_update",
     "empty_report",
+    "gate_when_spent",
+    "hmc_code",
     "gather_ensemble",
     "learned_program",
     "mixture_moments",
@@ -63,6 +70,14 @@ HMC_MODE = "hmc"
 # it were pm.sample's default, and what is left is trained at stop_tuning.
 DEFAULT_TUNE_HORIZON = 1000
 MAX_ROUNDS = 20
+# Training's rounds end by this share of the warm-up after HMC's, so that a kernel the gate turns down
+# leaves HMC the rest: enough for another mass-matrix window on the driver's schedule
+# (a 200-iteration HMC warm-up alone can be far from converged: R-hat 2.5 on an
+# uncentred regression, where 400 iterations give 1.01).
+TRAINING_END = 0.6
+# A chain the gate sent back to HMC resumes the mass-matrix windows on this schedule
+# (``hmc_code``); beyond its end, step size only.
+RESUMED_CODES = adaptation.resumed_codes(4096)
 
 # The stats of training, reported on the iteration after it ran (0 / NaN when none did).
 TRAINING_STATS = (
@@ -88,12 +103,13 @@ class TrainingReport(NamedTuple):
     acceptance: jax.Array
     grad_evals: jax.Array
     restored: jax.Array  # L2HMC: 1 when the end-of-budget guard swapped in the best kernel
+    gate_grad_evals: jax.Array = jnp.zeros((), jnp.int64)  # the gate's pilots (all of them)
 
 
 def empty_report(dtype=jnp.float64) -> TrainingReport:
     zero = jnp.zeros((), jnp.int64)
     nan = jnp.full((), jnp.nan, dtype)
-    return TrainingReport(zero, zero, nan, nan, zero, zero)
+    return TrainingReport(zero, zero, nan, nan, zero, zero, zero)
 
 
 def add_reports(a: TrainingReport, b: TrainingReport) -> TrainingReport:
@@ -112,6 +128,7 @@ def add_reports(a: TrainingReport, b: TrainingReport) -> TrainingReport:
         acceptance=mean(a.acceptance, b.acceptance),
         grad_evals=a.grad_evals + b.grad_evals,
         restored=a.restored + b.restored,
+        gate_grad_evals=a.gate_grad_evals + b.gate_grad_evals,
     )
 
 
@@ -133,6 +150,7 @@ def summary_report(summary: ensemble.TrainingSummary, grad_evals) -> TrainingRep
         acceptance=summary.mean_monitor,
         grad_evals=grad_evals,
         restored=jnp.zeros((), jnp.int64),
+        gate_grad_evals=jnp.zeros((), jnp.int64),
     )
 
 
@@ -142,7 +160,8 @@ def training_rounds(
     """(optimiser steps per round, warm-up iterations after which a round runs).
 
     The first round follows the last HMC warm-up iteration; the others are spread evenly
-    over the rest of warm-up. Rounds that do not fit are left to ``stop_tuning``.
+    over the first ``TRAINING_END`` of the rest of warm-up. Rounds that do not fit are
+    left to ``stop_tuning``.
     """
     if budget <= 0:
         return 0, frozenset()
@@ -151,9 +170,23 @@ def training_rounds(
     rounds = math.ceil(budget / per_round)
     horizon = DEFAULT_TUNE_HORIZON if num_tune is None else num_tune
     first = hmc_warmup - 1
-    span = max(horizon - hmc_warmup, 0)
+    span = int(TRAINING_END * max(horizon - hmc_warmup, 0))
     at = {first + (k * span) // rounds for k in range(rounds)}
     return per_round, frozenset(i for i in at if num_tune is None or i < num_tune)
+
+
+def hmc_code(own_codes, warmup_iteration, gate: gates.Gate, driver_code):
+    """The window code of a learned method's HMC warm-up iteration: HMC's own schedule
+    (``own_codes``, ``hmc_warmup`` long) before training; for a chain the gate sent back,
+    ``RESUMED_CODES`` from where its own schedule ended, and the driver's terminal buffer
+    (the driver's FAST, which after training can only be that) for step size alone."""
+    hmc_warmup = own_codes.shape[0]
+    own = own_codes[jnp.minimum(warmup_iteration, hmc_warmup - 1)]
+    later = jnp.clip(warmup_iteration - hmc_warmup, 0, RESUMED_CODES.shape[0] - 1)
+    resumed = jnp.where(
+        driver_code == adaptation.FAST, adaptation.FAST, jnp.asarray(RESUMED_CODES)[later]
+    )
+    return jnp.where(gate.decided, resumed, own).astype(own_codes.dtype)
 
 
 def center_update(code, welford: adaptation.WelfordState, center_estimate, position):
@@ -216,11 +249,14 @@ class LearnedMethod(NamedTuple):
     chain's carry unless said otherwise).
 
     The carry must have the fields ``hmc`` (``programs.hmc.HMCCarry``), ``warmup_iteration``,
-    ``training`` (``ensemble.TrainingState``), ``key`` (raw key data of the training
-    randomness), ``started`` (bool: the chain runs the learned kernel) and ``report``.
+    ``training`` (``ensemble.TrainingState``, its context with the ``extras``), ``key`` (raw
+    key data of the training randomness), ``started`` (bool: training has started),
+    ``gate`` (``programs.gate.Gate``) and ``report``.
 
-    ``hmc_iteration(key, carry, extras, tuning) -> (carry, position, stats)``: one HMC
-    iteration, adapting when ``tuning`` (static), with the kernel's stats before training's.
+    ``hmc_iteration(key, carry, extras, tuning, code) -> (carry, position, stats)``: one HMC
+    iteration, adapting when ``tuning`` (static), with the kernel's stats before training's;
+    ``code`` is the driver's window code, which a chain the gate sent back to HMC follows
+    (before training the HMC warm-up follows its own ``hmc_warmup``-long schedule).
     ``learned_iteration(key, carry, extras) -> (carry, position, stats)``: one transition
     of the learned kernel. ``start_chain(key, carry)`` / ``pooled_start(key, batched)``:
     fix the whitening and start training (one chain / all chains at once). ``run_round(
@@ -241,21 +277,42 @@ class LearnedMethod(NamedTuple):
     with_round_state: Callable[[Any, Any], Any] = lambda carry, state: carry
 
 
-def train_chain(method: LearnedMethod, num_walkers: int, key, carry):
+def gate_when_spent(method: LearnedMethod, train_steps: int, key, carry, walkers: int):
+    """Batched ``carry`` (chains sharing one decision): once training has spent its budget,
+    the gate decides, once, whether the learned kernel draws (``programs/gate.py``);
+    the pilots' gradients are reported in ``gate_grad_evals``."""
+
+    def run(c):
+        gate, spent = gates.gate_chains(method, key, c, walkers)
+        chains = c.started.shape[0]
+        report = c.report._replace(gate_grad_evals=c.report.gate_grad_evals + spent)
+        return c._replace(gate=_broadcast(gate, chains), report=report)
+
+    spent = (carry.training.num_steps[0] >= train_steps) & carry.started[0]
+    return jax.lax.cond(spent & ~carry.gate.decided[0], run, lambda c: c, carry)
+
+
+def train_chain(method: LearnedMethod, num_walkers: int, train_steps: int, key, carry):
     """``ChainProgram.train``: one training round on one chain's own walkers. The first
     round starts training (with this key, kept for every later round, so that the
-    randomness of step i does not depend on how the budget is split)."""
+    randomness of step i does not depend on how the budget is split); the round that
+    spends the budget ends with the gate."""
     carry = jax.lax.cond(carry.started, lambda c: c, lambda c: method.start_chain(key, c), carry)
     training, state, report = method.run_round(
         carry.key, carry.training, method.round_state(carry), num_walkers
     )
     carry = method.with_round_state(carry, state)
-    return carry._replace(training=training, report=add_reports(carry.report, report))
+    carry = carry._replace(training=training, report=add_reports(carry.report, report))
+    walkers = min(gates.PILOT_WALKERS, num_walkers)
+    batched = jax.tree.map(lambda a: a[None], carry)
+    batched = gate_when_spent(method, train_steps, jax.random.fold_in(key, 1), batched, walkers)
+    return jax.tree.map(lambda a: a[0], batched)
 
 
-def train_pooled(method: LearnedMethod, num_walkers: int, key, carry):
+def train_pooled(method: LearnedMethod, num_walkers: int, train_steps: int, key, carry):
     """``ChainProgram.pooled_train``: one round for all chains (batched carry) on one
-    shared ensemble of about ``num_walkers``, the first k walkers of every chain."""
+    shared ensemble of about ``num_walkers``, the first k walkers of every chain; the
+    round that spends the budget ends with the gate, on all chains' walkers together."""
     chains = carry.started.shape[0]
     carry = jax.lax.cond(
         carry.started[0], lambda c: c, lambda c: method.pooled_start(key, c), carry
@@ -266,7 +323,9 @@ def train_pooled(method: LearnedMethod, num_walkers: int, key, carry):
     shared, state, report = method.run_round(carry.key[0], shared, state, k)
     carry = method.with_round_state(carry, _broadcast(state, chains))
     reports = jax.vmap(add_reports, (0, None))(carry.report, report)
-    return carry._replace(training=scatter_ensemble(carry.training, shared, k), report=reports)
+    carry = carry._replace(training=scatter_ensemble(carry.training, shared, k), report=reports)
+    walkers = min(walkers_per_chain(gates.PILOT_WALKERS, chains), k)
+    return gate_when_spent(method, train_steps, jax.random.fold_in(key, 1), carry, walkers)
 
 
 def training_pending(train_steps: int, carry) -> bool:
@@ -293,22 +352,27 @@ def learned_program(
 
     ``trained``: the carry starts with a trained kernel; nothing is learned (the program
     has no ``train``). A chain whose warm-up never ran (``tune=0``) is not trained either:
-    it samples with HMC at its initial settings.
+    it samples with HMC at its initial settings. ``stat_specs``: the method's, without
+    ``GATE_STATS``, which are appended here.
     """
     _, round_ends = training_rounds(train_steps, hmc_warmup, None)
 
-    def iterate(key, carry, extras, mode, tuning):
+    def iterate(key, carry, extras, mode, tuning, code=adaptation.FAST):
         if mode == HMC_MODE:
-            new_carry, position, stats = method.hmc_iteration(key, carry, extras, tuning)
+            new_carry, position, stats = method.hmc_iteration(key, carry, extras, tuning, code)
         else:
             new_carry, position, stats = method.learned_iteration(key, carry, extras)
-        stats = jnp.concatenate(
-            [stats, pack_report(carry.report, restored=method.report_restored)]
-        )
+        gate = carry.gate
+        stats = jnp.concatenate([
+            stats,
+            pack_report(carry.report, restored=method.report_restored),
+            pack_stats(gate.learned_score, gate.hmc_score, mode != HMC_MODE,
+                       carry.report.gate_grad_evals),
+        ])
         return new_carry._replace(report=empty_report()), position, stats
 
     def tune(key, carry, code, extras, mode=HMC_MODE):
-        return iterate(key, carry, extras, mode, True)
+        return iterate(key, carry, extras, mode, True, code)
 
     def draw(key, carry, extras, mode=learned_mode):
         # HMC mode here only for a chain that was never warmed up (tune=0).
@@ -320,23 +384,29 @@ def learned_program(
         return iteration in training_rounds(train_steps, hmc_warmup, num_tune)[1]
 
     def mode_of(carry):
-        return learned_mode if np.asarray(carry.started).all() else HMC_MODE
+        learned = np.asarray(carry.started).all() and np.asarray(carry.gate.use_learned).all()
+        return learned_mode if learned else HMC_MODE
+
+    def end_tune(carry):
+        # The learned kernel is frozen by no longer training it; HMC (a chain never
+        # trained, or one the gate sent back) draws with warm-up's final settings.
+        return carry._replace(hmc=hmc_programs.freeze(carry.hmc))
 
     common = dict(
         init=method.init,
         tune=tune,
-        end_tune=lambda carry: carry,  # frozen by no longer training it
+        end_tune=end_tune,
         draw=draw,
         refresh=method.refresh,
-        stat_specs=stat_specs,
+        stat_specs=stat_specs + gates.GATE_STATS,
         mode_of=mode_of,
     )
     if trained:
         return ChainProgram(**common)
     return ChainProgram(
         **common,
-        train=partial(train_chain, method, num_walkers),
-        pooled_train=partial(train_pooled, method, num_walkers),
+        train=partial(train_chain, method, num_walkers, train_steps),
+        pooled_train=partial(train_pooled, method, num_walkers, train_steps),
         train_at=train_at,
         train_pending=partial(training_pending, train_steps),
     )

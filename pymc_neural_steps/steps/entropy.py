@@ -16,6 +16,7 @@ import numpy as np
 
 from pymc_neural_steps.kernels import entropy
 from pymc_neural_steps.programs.base import ChainProgram, StatSpec
+from pymc_neural_steps.programs.gate import GATE_STATS
 from pymc_neural_steps.programs.entropy import (
     DEFAULT_TARGET_ACCEPTANCE,
     DENSE_WHITENING_MAX_DIM,
@@ -100,7 +101,7 @@ class EntropyFlowMC(TrainedKernelStep, NeuralStep):
     """
 
     name = "entropyflow"
-    extra_stats: ClassVar[tuple[StatSpec, ...]] = ENTROPY_STATS
+    extra_stats: ClassVar[tuple[StatSpec, ...]] = ENTROPY_STATS + GATE_STATS
     kind = "EntropyFlowMC"
     trained_class = TrainedEntropyFlow
     # Settings that describe the kernel itself and travel with it.

@@ -16,6 +16,7 @@ import numpy as np
 
 from pymc_neural_steps.kernels import l2hmc
 from pymc_neural_steps.programs.base import ChainProgram, StatSpec
+from pymc_neural_steps.programs.gate import GATE_STATS
 from pymc_neural_steps.programs.l2hmc import L2HMC_STATS, l2hmc_program
 from pymc_neural_steps.programs.learned import training_rounds
 from pymc_neural_steps.steps.base import NeuralStep
@@ -84,7 +85,7 @@ class L2HMC(TrainedKernelStep, NeuralStep):
     """
 
     name = "l2hmc"
-    extra_stats: ClassVar[tuple[StatSpec, ...]] = L2HMC_STATS
+    extra_stats: ClassVar[tuple[StatSpec, ...]] = L2HMC_STATS + GATE_STATS
     kind = "L2HMC"
     trained_class = TrainedL2HMC
     # Settings that describe the kernel itself and travel with it.

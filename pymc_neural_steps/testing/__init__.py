@@ -15,6 +15,7 @@ against it. ``REFERENCES`` maps each target's name to its factory.
 
 from pymc_neural_steps.testing.analytic import (
     banana,
+    calendar_year_regression,
     constrained,
     correlated_gaussian,
     funnel,
@@ -41,6 +42,7 @@ REFERENCES = {
         rotated_gaussian,
         funnel,
         banana,
+        calendar_year_regression,
         gp_regression,
         logistic_regression_50k,
         garch21,
@@ -56,6 +58,7 @@ __all__ = [
     "ZScore",
     "ark",
     "banana",
+    "calendar_year_regression",
     "check_exactness",
     "constrained",
     "correlated_gaussian",

@@ -21,6 +21,7 @@ from pymc_neural_steps.testing.references import Moments, Reference, scalar_key
 
 __all__ = [
     "banana",
+    "calendar_year_regression",
     "constrained",
     "correlated_gaussian",
     "funnel",
@@ -238,6 +239,45 @@ _GAMMA_ALPHA = np.array([[2.0, 3.0], [4.0, 5.0]])
 _GAMMA_BETA = 2.0
 _LOC_PRIOR_MU, _LOC_PRIOR_SD, _NOISE_SD = 1.0, 2.0, 0.8
 _OBSERVATIONS = np.array([0.3, 1.9, 1.2, 0.7, 2.4])
+
+
+def calendar_year_regression(n: int = 200, noise: float = 0.5) -> Reference:
+    """A straight line through ``n`` points against an uncentred predictor (calendar years
+    1950-2020), noise sd known: a posterior no one tuned for, as a user writes it.
+
+    y ~ N(a + b·year, noise²), a ~ N(0, 50²), b ~ N(0, 1). Intercept and slope are
+    correlated beyond −0.999 and their scales differ ~2,000-fold: a diagonal mass matrix
+    cannot whiten it, the first U-turn comes after a half-oscillation across the narrow
+    direction. The posterior is Gaussian (conjugate). Variables ``a`` and ``b``.
+    """
+    rng = np.random.default_rng(7)
+    year = rng.uniform(1950.0, 2020.0, n)
+    y = 3.0 + 0.02 * (year - 1985.0) + rng.normal(0.0, noise, n)
+    design = np.column_stack([np.ones(n), year])
+    precision = design.T @ design / noise**2 + np.diag([1 / 50.0**2, 1.0])
+    cov = np.linalg.inv(precision)
+    mean = cov @ design.T @ y / noise**2
+    chol = np.linalg.cholesky(cov)
+
+    def build_model() -> pm.Model:
+        with pm.Model() as model:
+            a = pm.Normal("a", 0.0, 50.0)
+            b = pm.Normal("b", 0.0, 1.0)
+            pm.Normal("y", a + b * year, noise, observed=y)
+        return model
+
+    def exact_draws(rng: np.random.Generator, size: int) -> dict[str, np.ndarray]:
+        draws = mean + rng.standard_normal((size, 2)) @ chol.T
+        return {"a": draws[:, 0], "b": draws[:, 1]}
+
+    sd = np.sqrt(np.diag(cov))
+    return Reference(
+        name="calendar_year_regression",
+        build_model=build_model,
+        moments={"a": Moments(mean[0], sd[0]), "b": Moments(mean[1], sd[1])},
+        source="analytic: conjugate Gaussian linear regression, known noise, seed 7",
+        exact_draws=exact_draws,
+    )
 
 
 def _conjugate_normal_posterior() -> tuple[float, float]:

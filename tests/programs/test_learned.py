@@ -17,7 +17,9 @@ jax.config.update("jax_enable_x64", True)
 
 def test_rounds_fit_any_tune():
     per_round, at = training_rounds(2000, 200, 1000)
-    assert per_round * len(at) == 2000 and min(at) == 199 and max(at) < 1000
+    assert per_round * len(at) == 2000 and min(at) == 199
+    # Training ends early enough to leave a gated-out chain's HMC room to adapt.
+    assert max(at) < 200 + learned.TRAINING_END * 800
     _, at = training_rounds(2000, 200, 230)
     assert min(at) == 199 and max(at) < 230  # the rest is finished at stop_tuning
     assert training_rounds(2000, 200, 150)[1] == frozenset()
@@ -129,3 +131,20 @@ def test_no_training_is_owed_by_chains_that_never_warmed_up():
     assert learned.training_pending(100, carry([50, 50], [False, False], [0, 0]))
     assert learned.training_pending(100, carry([200, 200], [True, True], [60, 60]))
     assert not learned.training_pending(100, carry([200, 200], [True, True], [100, 100]))
+
+
+def test_a_chain_sent_back_to_hmc_resumes_the_mass_matrix_windows():
+    from pymc_neural_steps.programs import gate as gates
+
+    own = jnp.asarray(adaptation.window_codes(200))
+    before, after = gates.undecided(), gates.undecided()._replace(decided=jnp.asarray(True))
+    slow = adaptation.SLOW
+    # Before the gate: HMC's own schedule, whatever the driver says.
+    assert int(learned.hmc_code(own, 0, before, slow)) == int(own[0])
+    assert int(learned.hmc_code(own, 199, before, slow)) == int(own[199])
+    # After it: doubling windows from the end of HMC's own warm-up (the first ends after
+    # 25 iterations), and the driver's terminal buffer (FAST) for step size only.
+    codes = [int(learned.hmc_code(own, 200 + i, after, slow)) for i in range(80)]
+    assert codes[:24] == [slow] * 24 and codes[24] == adaptation.SLOW_END
+    assert codes[74] == adaptation.SLOW_END
+    assert int(learned.hmc_code(own, 224, after, adaptation.FAST)) == adaptation.FAST

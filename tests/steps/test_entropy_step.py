@@ -88,6 +88,10 @@ def test_fast_driver_trains_one_kernel_on_the_pooled_ensemble(pooled_run):
     np.testing.assert_array_equal(steps, OPTIONS["train_steps"])
     grads = warm["training_grad_evals"].values.sum(1) + draws["training_grad_evals"].values.sum(1)
     np.testing.assert_array_equal(grads, OPTIONS["train_steps"] * 16 * 2)
+    # The gate's pilots, counted apart: 8 walkers per chain (32 / 4), each at least a
+    # refresh and 64 + 16 transitions of one gradient or more.
+    gate = warm["gate_grad_evals"].values.sum(1) + draws["gate_grad_evals"].values.sum(1)
+    assert (gate >= 8 * (2 + 64 + 16)).all()
 
 
 def test_stats_are_honest(pooled_run):

@@ -96,6 +96,11 @@ def test_fast_driver_trains_one_kernel_on_the_pooled_ensemble(pooled_run):
     # scorings, and the end-of-budget stability trim's TRIM_GRID probes of its walkers
     expected = (OPTIONS["train_steps"] + 20) * 2 * 16 * 11 + TRIM_GRID * 16 * 11
     np.testing.assert_array_equal(grads, expected)
+    # The gate's pilots are counted apart, once: 8 walkers per chain (32 / 4), each at
+    # least a refresh and 64 learned transitions of 10 gradients, and 16 of HMC's.
+    gate = warm["gate_grad_evals"].values.sum(1) + draws["gate_grad_evals"].values.sum(1)
+    assert (gate >= 8 * (2 + 64 * 10 + 16)).all()
+    assert ((warm["gate_grad_evals"].values > 0).sum(1) + (draws["gate_grad_evals"].values > 0).sum(1) == 1).all()
     # The SCG trains without collapsing: the end-of-budget guard leaves the kernel alone.
     assert int(warm["training_restored"].values.sum() + draws["training_restored"].values.sum()) == 0
     assert step.trained.report["restored_best"] is False
