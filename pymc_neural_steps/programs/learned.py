@@ -70,10 +70,10 @@ HMC_MODE = "hmc"
 # it were pm.sample's default, and what is left is trained at stop_tuning.
 DEFAULT_TUNE_HORIZON = 1000
 MAX_ROUNDS = 20
-# Training's rounds end by this share of the warm-up after HMC's, so that a kernel the gate turns down
-# leaves HMC the rest: enough for another mass-matrix window on the driver's schedule
-# (a 200-iteration HMC warm-up alone can be far from converged: R-hat 2.5 on an
-# uncentred regression, where 400 iterations give 1.01).
+# Training's rounds end by this share of the warm-up after HMC's, so that a kernel the
+# gate turns down leaves HMC the rest for more mass-matrix windows (a 200-iteration HMC
+# warm-up alone can be far from converged: R-hat 2.5 on an uncentred regression, where
+# 400 iterations give 1.01).
 TRAINING_END = 0.6
 # A chain the gate sent back to HMC resumes the mass-matrix windows on this schedule
 # (``hmc_code``); beyond its end, step size only.

@@ -168,6 +168,8 @@ def test_pooled_dense_whitening_is_shared_and_fixed(pooled_run):
     assert cov[0, 1] / np.sqrt(cov[0, 0] * cov[1, 1]) > 0.9
 
 
+# Slow (~30 s): the SCG runs above exercise the dense whitening (the default at d = 2).
+@pytest.mark.slow
 def test_rotated_gaussian_exact_with_dense_whitening():
     # The 20-d rotated Gaussian (eigenvalues 1e-2..1e2): a diagonal whitening leaves it
     # ill-conditioned (~1e4); the dense one must sample it, exactly.

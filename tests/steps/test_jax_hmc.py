@@ -42,7 +42,10 @@ def gaussian_sequential():
     return reference, idata
 
 
-@pytest.mark.parametrize("mp_ctx", ["forkserver", "spawn"])
+# forkserver is the slower twin of spawn (both start fresh interpreters): --runslow.
+@pytest.mark.parametrize(
+    "mp_ctx", [pytest.param("forkserver", marks=pytest.mark.slow), "spawn"]
+)
 def test_two_processes_give_the_same_draws(gaussian_sequential, mp_ctx):
     reference, sequential = gaussian_sequential
     with reference.build_model():

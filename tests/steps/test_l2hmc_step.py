@@ -183,6 +183,8 @@ def test_exact_under_pm_sample_with_one_kernel_per_chain():
     assert ((total % (2 * 64 * 11) == 0) | ((total - trim) % (2 * 64 * 11) == 0)).all()
 
 
+# Slow (~50 s): the SCG runs above exercise the dense whitening (the default at d = 2).
+@pytest.mark.slow
 def test_rotated_gaussian_is_sampled_exactly_with_the_dense_whitening():
     # 20-d, eigenvalues 1e-2..1e2 under a random rotation: no diagonal whitening helps (with
     # it the benchmark saw bulk ESS 17 of 8000 and |z| = 4.06). The dense whitening from the
