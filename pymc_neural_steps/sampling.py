@@ -331,6 +331,7 @@ def _result(run: _Run, model, target: Target, step, tune, *, keep_warmup, total_
         "total_time": total_time,
         "step_method": type(step).__name__,
         "interrupted": int(run.interrupted),
+        **_gate_attrs(step),
     }
     (posterior, stats), (warm_posterior, warm_stats) = parts["posterior"], parts["warmup"]
     with warnings.catch_warnings():
@@ -347,6 +348,21 @@ def _result(run: _Run, model, target: Target, step, tune, *, keep_warmup, total_
     if compute_convergence_checks:
         log_warnings(run_convergence_checks(result, model))
     return result
+
+
+def _gate_attrs(step) -> dict:
+    """The mixing gate's decision and figures (``programs/gate.py``), when the step ran it."""
+    report = getattr(getattr(step, "trained", None), "report", None) or {}
+    if "gate_use_learned" not in report:
+        return {}
+    nan = float("nan")
+    return {
+        "gate_use_learned": int(report["gate_use_learned"]),
+        "gate_learned_ess_per_grad": nan if report["gate_learned_ess_per_grad"] is None
+        else report["gate_learned_ess_per_grad"],
+        "gate_hmc_ess_per_grad": nan if report["gate_hmc_ess_per_grad"] is None
+        else report["gate_hmc_ess_per_grad"],
+    }
 
 
 def _constrained_draws(target: Target, x: np.ndarray) -> dict[str, np.ndarray]:

@@ -103,7 +103,7 @@ class TrainingReport(NamedTuple):
     acceptance: jax.Array
     grad_evals: jax.Array
     restored: jax.Array  # L2HMC: 1 when the end-of-budget guard swapped in the best kernel
-    gate_grad_evals: jax.Array = jnp.zeros((), jnp.int64)  # the gate's pilots (all of them)
+    gate_grad_evals: jax.Array  # the gate's pilots (all of them)
 
 
 def empty_report(dtype=jnp.float64) -> TrainingReport:

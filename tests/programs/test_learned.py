@@ -32,9 +32,9 @@ def test_rounds_without_a_known_tune_follow_the_default_horizon():
     assert min(at) == 199 and max(at) < learned.DEFAULT_TUNE_HORIZON
 
 
-def report(steps, rollbacks, loss, acceptance, grads, restored=0):
+def report(steps, rollbacks, loss, acceptance, grads, restored=0, gate_grads=0):
     return TrainingReport(*(jnp.asarray(v) for v in (steps, rollbacks, loss, acceptance,
-                                                       grads, restored)))
+                                                       grads, restored, gate_grads)))
 
 
 def test_reports_add_with_means_weighted_by_accepted_steps():

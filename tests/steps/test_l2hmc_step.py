@@ -101,6 +101,12 @@ def test_fast_driver_trains_one_kernel_on_the_pooled_ensemble(pooled_run):
     gate = warm["gate_grad_evals"].values.sum(1) + draws["gate_grad_evals"].values.sum(1)
     assert (gate >= 8 * (2 + 64 * 10 + 16)).all()
     assert ((warm["gate_grad_evals"].values > 0).sum(1) + (draws["gate_grad_evals"].values > 0).sum(1) == 1).all()
+    # The decision and both figures, in the stats and the posterior's attrs.
+    attrs = group_dataset(result).attrs
+    assert attrs["gate_use_learned"] == 1 and bool(draws["learned_kernel"].values.all())
+    assert attrs["gate_learned_ess_per_grad"] > attrs["gate_hmc_ess_per_grad"] > 0
+    np.testing.assert_array_equal(draws["gate_hmc_ess_per_grad"].values,
+                                  attrs["gate_hmc_ess_per_grad"])
     # The SCG trains without collapsing: the end-of-budget guard leaves the kernel alone.
     assert int(warm["training_restored"].values.sum() + draws["training_restored"].values.sum()) == 0
     assert step.trained.report["restored_best"] is False
