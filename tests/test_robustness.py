@@ -14,7 +14,17 @@ import pytest
 import pymc_neural_steps as pns
 from pymc_neural_steps.testing import calendar_year_regression, check_exactness
 
-METHODS = ["JaxHMC", "NNgHMC", "L2HMC", "EntropyFlowMC"]
+# Known shortfalls (issue 14, measured 2026-12-02 on the known-noise form here): NNgHMC
+# ends at R-hat 1.01 / tail ESS 340; L2HMC's gate falls back to HMC, whose re-adaptation in
+# the warm-up left after training is too short (R-hat 1.04, ESS 206). Strict: a fix that
+# makes them pass must remove the mark.
+SHORT = "issue 14: does not converge on this posterior yet (docs/robustness.md)"
+METHODS = [
+    "JaxHMC",
+    pytest.param("NNgHMC", marks=pytest.mark.xfail(strict=True, reason=SHORT)),
+    pytest.param("L2HMC", marks=pytest.mark.xfail(strict=True, reason=SHORT)),
+    "EntropyFlowMC",
+]
 
 
 @pytest.mark.slow
