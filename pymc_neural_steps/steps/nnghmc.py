@@ -22,6 +22,7 @@ from pymc_neural_steps.programs.nnghmc import (  # noqa: F401 -- re-exported (ol
     FIRST_TRAINING, NNGHMC_STATS, REGION_CHECK, RETRAIN_EVERY, SURROGATE_MODE,
     nnghmc_program, region_check_after, trained_from_carry, trains_after,
 )
+from pymc_neural_steps.steps._nnghmc_messages import fallback_message
 from pymc_neural_steps.steps.base import NeuralStep
 from pymc_neural_steps.surrogate import BLOCK_THRESHOLD, DEFAULT_WIDTH, default_spec
 from pymc_neural_steps.target import Target, build_layout
@@ -167,54 +168,11 @@ class NNgHMC(NeuralStep):
         carry = jax.device_get(carry)
         passed = np.asarray(carry.passed).reshape(-1)
         report = jax.tree.map(lambda a: np.asarray(a).reshape(-1), carry.report)
-        tolerance = self.options["tolerance"]
         final = np.asarray(carry.final_checked).reshape(-1)
-        if self._trained_start is None and not passed.all():
-            if final.all():
-                reason = (
-                    "the surrogate passed its checks in warm-up but failed the last one, "
-                    "at the step size and path length of the draws (trajectories from the "
-                    f"chains' final positions accepted with mean probability "
-                    f"{np.nanmean(report.accept_surrogate):.2f} against "
-                    f"{np.nanmean(report.accept_true):.2f} on the true gradient, "
-                    f"tolerance {tolerance})"
-                )
-            elif int(report.trainings.max()) == 0:
-                reason = (
-                    "there was nothing to train on (tune=0, or a warm-up too short to "
-                    "record trajectories and train: use tune >= 300)"
-                )
-            else:
-                with warnings.catch_warnings():  # nanmean of all-NaN: no held-out pairs
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    error = np.nanmean(report.relative_error)
-                reason = (
-                    f"the surrogate's acceptance stayed below that of the true gradient "
-                    f"minus {tolerance} (last assessment: "
-                    f"{np.nanmean(report.accept_surrogate):.2f} vs "
-                    f"{np.nanmean(report.accept_true):.2f} after "
-                    f"{int(report.trainings.max())} training runs; held-out relative "
-                    f"gradient error {error:.3g})"
-                )
-            warnings.warn(
-                f"NNgHMC samples with the true gradient: {reason}. The draws are exact "
-                "either way; only the speed-up is lost.",
-                UserWarning,
-                stacklevel=2,
-            )
-        if self._trained_start is not None and not passed.all():
-            warnings.warn(
-                "NNgHMC: the trained surrogate does not fit this model's posterior, so the "
-                "rest of warm-up and the draws used the true gradient (exact, at HMC's "
-                "cost). Checked on this posterior, its trajectories were accepted with "
-                f"mean probability {np.nanmean(report.accept_surrogate):.2f} against "
-                f"{np.nanmean(report.accept_true):.2f} on the true gradient (tolerance "
-                f"{tolerance}): the posterior lies outside the region the "
-                "surrogate was trained on (e.g. a prior moved far from the original "
-                "posterior). Train a new NNgHMC() on this model to get the speed-up back.",
-                UserWarning,
-                stacklevel=2,
-            )
+        message = fallback_message(report, passed, final, self.options["tolerance"],
+                                   trained_start=self._trained_start is not None)
+        if message is not None:
+            warnings.warn(message, UserWarning, stacklevel=2)
         spec = self.spec if self._trained_start is None else self._trained_start.spec
         self.trained = trained_from_carry(
             carry, batched=batched, spec=spec, layout=self.layout.fingerprint()
