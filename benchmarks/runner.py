@@ -28,12 +28,12 @@ from typing import Any
 
 import jax
 
-from benchmarks import artifacts
+from benchmarks import artifacts, robustness
 from benchmarks import overhead as overhead_module
 from benchmarks.metrics import cell_metrics, result_groups
 from benchmarks.report import environment, failure_notes, format_table, run_stem, write_docs, write_results
 from benchmarks.samplers import SAMPLERS, Sampler, Settings, default_samplers
-from benchmarks.targets import TARGETS, BenchTarget, default_targets, quick_targets
+from benchmarks.targets import TARGETS, BenchTarget, default_targets, quick_targets, suite_targets
 
 __all__ = ["main", "run_cell"]
 
@@ -97,6 +97,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"few targets ({', '.join(quick_targets())}), "
                              f"{QUICK_SETTINGS['draws']} draws, {QUICK_SETTINGS['tune']} warm-up, {QUICK_SETTINGS['chains']} chains, "
                              "no overhead check (--overhead adds it); under 5 minutes")
+    parser.add_argument("--suite", choices=(robustness.SUITE,),
+                        help="run a named suite: its targets, samplers and run length (robustness: every method with "
+                             f"its defaults on real posteriors, {robustness.SETTINGS['chains']}x{robustness.SETTINGS['draws']} "
+                             f"after {robustness.SETTINGS['tune']}; with --docs writes DIR/robustness.md's table)")
     parser.add_argument("--targets", help=f"comma-separated, from: {', '.join(TARGETS)}")
     parser.add_argument("--samplers", help=f"comma-separated, from: {', '.join(SAMPLERS)}")
     parser.add_argument("--draws", type=int, help=f"draws per chain, every target (default {FULL_SETTINGS['draws']} or the target's own)")
@@ -223,6 +227,8 @@ def target_settings(target: BenchTarget, args: argparse.Namespace) -> Settings:
     """The run length of one target: quick or full defaults, the target's own, the command line's."""
     if args.quick:
         base = dict(QUICK_SETTINGS)
+    elif args.suite:
+        base = dict(robustness.SETTINGS)
     else:
         base = {key: getattr(target, key) or value for key, value in FULL_SETTINGS.items()}
     return Settings(
@@ -237,7 +243,7 @@ def target_settings(target: BenchTarget, args: argparse.Namespace) -> Settings:
 def _budget_seconds(args: argparse.Namespace) -> float | None:
     minutes = args.budget_minutes
     if minutes is None:
-        if args.targets or args.samplers:
+        if args.targets or args.samplers or args.suite:
             return None
         minutes = QUICK_BUDGET_MINUTES if args.quick else FULL_BUDGET_MINUTES
     return 60.0 * minutes if minutes > 0 else None
@@ -255,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         _say("targets:")
         for name, target in TARGETS.items():
-            flags = ", ".join(f for f, on in (("quick", target.quick), ("default", target.default)) if on)
+            flags = ", ".join([f for f, on in (("quick", target.quick), ("default", target.default)) if on]
+                              + [f"suite {suite}" for suite in target.suites])
             length = "/".join(str(getattr(target, k) or FULL_SETTINGS[k]) for k in ("chains", "draws", "tune"))
             _say(f"  {name:22s} {target.description} [{flags}; chains/draws/tune {length}]")
             for pattern, reason in target.skip:
@@ -266,13 +273,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     logging.getLogger("pymc").setLevel(logging.ERROR)
-    target_names = _names(args.targets, TARGETS, "targets") or (quick_targets() if args.quick else default_targets())
-    sampler_names = _names(args.samplers, SAMPLERS, "samplers") or default_samplers()
+    target_names = _names(args.targets, TARGETS, "targets") or (
+        suite_targets(args.suite) if args.suite else quick_targets() if args.quick else default_targets())
+    sampler_names = _names(args.samplers, SAMPLERS, "samplers") or (
+        list(robustness.SAMPLERS) if args.suite else default_samplers())
     if args.only_overhead:
         target_names = []
     # The overhead check belongs to the full run; quick and named runs get it with --overhead.
     run_overhead = not args.skip_overhead and (
-        args.overhead or args.only_overhead or not (args.quick or args.targets or args.samplers))
+        args.overhead or args.only_overhead or not (args.quick or args.targets or args.samplers or args.suite))
     budget = _budget_seconds(args)
 
     env = environment()
@@ -298,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
             reference = _load_reference(target_name)
             sources[target_name] = getattr(reference, "source", f"failed to load: {reference!r}")
             for sampler_name in sampler_names:
-                reason = target.skip_reason(sampler_name)
+                reason = None if args.suite else target.skip_reason(sampler_name)
                 if reason is None and budget is not None and time.perf_counter() - start > budget:
                     reason = f"time budget of {budget / 60:.0f} min spent before this cell"
                 if reason is not None:
@@ -356,7 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     _say()
-    if cells:
+    if cells and args.suite:
+        _say(robustness.format_suite(results))
+    elif cells:
         _say(format_table(cells))
         for note in failure_notes(cells):
             _say(f"  note: {note}")
@@ -372,7 +383,9 @@ def main(argv: list[str] | None = None) -> int:
         results["figures"] = _make_figures(results, artifacts_dir, figure_dir)
     json_path, md_path = write_results(results, stem, figure_dir)
     _say(f"wrote {json_path} and {md_path}")
-    if args.docs is not None:
+    if args.docs is not None and args.suite:
+        _say(f"wrote {robustness.write_section(robustness.format_suite(results), args.docs / 'robustness.md')}")
+    elif args.docs is not None:
         for path in write_docs(results, args.docs):
             _say(f"wrote {path}")
     return 130 if interrupted else 0

@@ -229,7 +229,7 @@ def _gradient_share(result, stat: str = "n_steps") -> float | None:
     return draw / (draw + warm) if draw + warm > 0 else None
 
 
-def _run_nutpie(model: pm.Model, settings: Settings, *, flow: bool = False) -> Run:
+def _run_nutpie(model: pm.Model, settings: Settings, *, flow: bool = False, low_rank: bool = False) -> Run:
     import nutpie
 
     with Clock() as compile_clock:
@@ -250,6 +250,7 @@ def _run_nutpie(model: pm.Model, settings: Settings, *, flow: bool = False) -> R
             progress_bar=False,
             save_warmup=True,
             **({"transform_adapt": True} if flow else {}),
+            **({"low_rank_modified_mass_matrix": True} if low_rank else {}),
         )
     share = _gradient_share(result)
     return Run(
@@ -284,6 +285,15 @@ register(Sampler(
     gradient_stat="n_steps",
     requires=("nutpie", "flowjax"),
 ))
+register(Sampler(
+    "nutpie_lowrank",
+    "nutpie with its low-rank mass-matrix adaptation (low_rank_modified_mass_matrix=True; robustness suite, run when named)",
+    lambda model, settings: _run_nutpie(model, settings, low_rank=True),
+    acceptance_stat="mean_tree_accept",
+    gradient_stat="n_steps",
+    requires=("nutpie",),
+    default=False,
+))
 register(via_pm_sample(
     "jaxhmc_pymc", pns.JaxHMC, "JaxHMC via pm.sample(step=pns.JaxHMC()) (driver comparison; run when named)",
     default=False,
@@ -292,3 +302,9 @@ register(via_fast_driver("jaxhmc", pns.JaxHMC, "JaxHMC via pns.sample (fast driv
 register(via_fast_driver("nnghmc", pns.NNgHMC, "NNgHMC via pns.sample (fast driver, one pooled surrogate)", surrogate_stat="n_surrogate_evals"))
 register(via_fast_driver("l2hmc", pns.L2HMC, "L2HMC via pns.sample (fast driver, one kernel trained on the pooled ensemble)"))
 register(via_fast_driver("entropyflow", pns.EntropyFlowMC, "EntropyFlowMC via pns.sample (fast driver, one kernel trained on the pooled ensemble)"))
+# The learned methods under pm.sample's per-chain loop (robustness suite; run when named).
+register(via_pm_sample("nnghmc_pymc", pns.NNgHMC, "NNgHMC via pm.sample(step=pns.NNgHMC()) (run when named)",
+                       surrogate_stat="n_surrogate_evals", default=False))
+register(via_pm_sample("l2hmc_pymc", pns.L2HMC, "L2HMC via pm.sample(step=pns.L2HMC()) (run when named)", default=False))
+register(via_pm_sample("entropyflow_pymc", pns.EntropyFlowMC,
+                       "EntropyFlowMC via pm.sample(step=pns.EntropyFlowMC()) (run when named)", default=False))

@@ -19,14 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
-
-import numpy as np
-import pymc as pm
 
 from pymc_neural_steps import testing
 
@@ -35,9 +30,9 @@ __all__ = [
     "TARGETS",
     "BenchTarget",
     "default_targets",
-    "eight_schools_centered",
     "quick_targets",
     "register",
+    "suite_targets",
 ]
 
 
@@ -51,7 +46,9 @@ class BenchTarget:
     ``draws``, ``tune``, ``chains``: the full run's settings for this target (None: the
     run's defaults). ``skip``: (sampler glob pattern, reason) pairs not to run.
     ``keep_trained``: keep the learned samplers' trained kernels of this target for the
-    plots (``plots.py``: the banana's learned gradient field).
+    plots (``plots.py``: the banana's learned gradient field). ``suites``: the named suites
+    (``--suite``) the target belongs to; a suite runs its own length and samplers, and ignores
+    ``skip`` (``benchmarks/robustness.py``).
     """
 
     name: str
@@ -64,6 +61,7 @@ class BenchTarget:
     chains: int | None = None
     skip: tuple[tuple[str, str], ...] = ()
     keep_trained: bool = False
+    suites: tuple[str, ...] = ()
 
     def skip_reason(self, sampler: str) -> str | None:
         """Why ``sampler`` is not run on this target, or None if it is."""
@@ -93,10 +91,13 @@ _NF_SKIP = ("nutpie_nf", _BUDGET)
 _L2HMC_SKIP = ("l2hmc*", _BUDGET)
 _ENTROPY_SKIP = ("entropy*", _BUDGET)
 
+# The robustness suite (issue 14): real posteriors nobody tuned the defaults for.
+_ROBUSTNESS = "robustness"
+
 PRESETS: list[tuple[str, dict[str, Any]]] = [
     # The three expensive-gradient targets (GP 500 x 4, logistic 50k x 200, GARCH(2,1) T=1000):
     # short runs, and no ensemble-trained kernels.
-    ("gp*", _EXPENSIVE),
+    ("gp_regression*", _EXPENSIVE),
     ("*logistic*", _EXPENSIVE),
     ("garch21*", _EXPENSIVE),
 ]
@@ -121,39 +122,16 @@ def register(target: BenchTarget) -> BenchTarget:
     return target
 
 
+def suite_targets(suite: str) -> list[str]:
+    return [name for name, target in TARGETS.items() if suite in target.suites]
+
+
 def default_targets() -> list[str]:
     return [name for name, target in TARGETS.items() if target.default]
 
 
 def quick_targets() -> list[str]:
     return [name for name, target in TARGETS.items() if target.quick]
-
-
-def eight_schools_centered() -> testing.Reference:
-    """The centred eight schools model, theta_j ~ N(mu, tau): a funnel in (tau, theta).
-
-    It has the same posterior over (mu, tau, theta) as posteriordb's non-centred form, so
-    the non-centred reference moments apply unchanged; only the geometry differs.
-    """
-    noncentered = testing.eight_schools_noncentered()
-    folder = resources.files("pymc_neural_steps.testing").joinpath("data", "eight_schools-eight_schools_noncentered")
-    data = json.loads(folder.joinpath("data.json").read_text())
-    y, sigma = np.asarray(data["y"], dtype=float), np.asarray(data["sigma"], dtype=float)
-
-    def build_model() -> pm.Model:
-        with pm.Model() as model:
-            mu = pm.Normal("mu", mu=0.0, sigma=5.0)
-            tau = pm.HalfCauchy("tau", beta=5.0)
-            theta = pm.Normal("theta", mu=mu, sigma=tau, shape=y.size)
-            pm.Normal("y", mu=theta, sigma=sigma, observed=y)
-        return model
-
-    return dataclasses.replace(
-        noncentered,
-        name="eight_schools_centered",
-        build_model=build_model,
-        source=noncentered.source + "; centred parameterisation, same posterior over mu, tau, theta",
-    )
 
 
 # The papers' targets. Quick: the banana (NNgHMC's 2-d showcase; its plot needs the trained
@@ -189,22 +167,22 @@ register(BenchTarget(
 register(BenchTarget(
     "eight_schools_nc", testing.eight_schools_noncentered,
     "posteriordb eight_schools_noncentered (Stan reference draws)", quick=True,
-    skip=(_NF_SKIP, _L2HMC_SKIP, _ENTROPY_SKIP),
+    skip=(_NF_SKIP, _L2HMC_SKIP, _ENTROPY_SKIP), suites=(_ROBUSTNESS,),
 ))
 register(BenchTarget(
-    "eight_schools_c", eight_schools_centered,
+    "eight_schools_c", testing.eight_schools_centered,
     "eight schools, centred: a funnel (posteriordb non-centred reference, same posterior)",
-    skip=(_NF_SKIP, _L2HMC_SKIP, _ENTROPY_SKIP),
+    skip=(_NF_SKIP, _L2HMC_SKIP, _ENTROPY_SKIP), suites=(_ROBUSTNESS,),
 ))
 register(BenchTarget(
     "garch11", testing.garch11,
     "posteriordb garch11: GARCH(1,1), T = 200, interval constraints (Stan reference)",
-    draws=1000, skip=(_NF_SKIP, _L2HMC_SKIP, _ENTROPY_SKIP),
+    draws=1000, skip=(_NF_SKIP, _L2HMC_SKIP, _ENTROPY_SKIP), suites=(_ROBUSTNESS,),
 ))
 register(BenchTarget(
     "german_credit", testing.german_credit,
     "logistic regression, 1000 x 25 (inference-gym Stan reference)",
-    draws=1000, skip=(_NF_SKIP, _L2HMC_SKIP),
+    draws=1000, skip=(_NF_SKIP, _L2HMC_SKIP), suites=(_ROBUSTNESS,),
 ))
 # Ours, not the papers': run when named.
 register(BenchTarget(
@@ -228,3 +206,18 @@ register(BenchTarget(
     "garch21", testing.garch21,
     "GARCH(2,1), T = 1000, simulated, scan recursion; no reference", default=False,
 ))
+# The rest of the robustness suite: posteriordb posteriors, run by --suite robustness.
+for _name, _description in (
+    ("ark", "posteriordb arK: AR(5), T = 200"),
+    ("earn_height", "posteriordb earn_height: earnings on height, raw scales 10^4 apart, flat priors"),
+    ("kidscore_interaction", "posteriordb kidscore_interaction: uncentred interaction regression"),
+    ("kidscore_interaction_c", "posteriordb kidscore_interaction_c: the same, centred predictors"),
+    ("mesquite", "posteriordb mesquite: badly conditioned regression, 46 rows, flat priors"),
+    ("nes1996", "posteriordb nes: party identification, 1,043 rows, flat priors"),
+    ("sblrc_blr", "posteriordb sblrc blr: linear regression 100 x 5"),
+    ("gp_regr", "posteriordb gp_regr: GP regression on 11 points, squared-exponential kernel"),
+    ("hmm_example", "posteriordb hmm_example: two-state Gaussian HMM, forward algorithm"),
+    ("hmm_drive_0", "posteriordb hmm_drive_0: two-state HMM, exponential emissions, 416 steps"),
+):
+    register(BenchTarget(_name, testing.REFERENCES[_name], _description + " (Stan reference draws)",
+                         default=False, suites=(_ROBUSTNESS,)))

@@ -142,9 +142,9 @@ def _ark_numpy(alpha, beta, sigma, y):
 
 
 def test_garch11_logp_matches_stan_program():
-    from pymc_neural_steps.testing.published import _posteriordb_data
+    from pymc_neural_steps.testing.posteriordb import posteriordb_data
 
-    data = _posteriordb_data("garch-garch11")
+    data = posteriordb_data("garch-garch11")
     y, sigma1 = np.asarray(data["y"]), data["sigma1"]
     model = garch11().build_model()
     for mu, alpha0, alpha1, beta1 in [(5.0, 1.5, 0.55, 0.3), (4.8, 0.7, 0.2, 0.75), (5.3, 2.5, 0.9, 0.05)]:
@@ -156,9 +156,9 @@ def test_garch11_logp_matches_stan_program():
 
 
 def test_ark_logp_matches_stan_program():
-    from pymc_neural_steps.testing.published import _posteriordb_data
+    from pymc_neural_steps.testing.posteriordb import posteriordb_data
 
-    y = np.asarray(_posteriordb_data("arK-arK")["y"])
+    y = np.asarray(posteriordb_data("arK-arK")["y"])
     model = ark().build_model()
     rng = np.random.default_rng(0)
     for _ in range(3):
@@ -168,10 +168,11 @@ def test_ark_logp_matches_stan_program():
 
 
 def test_eight_schools_and_german_credit_logp():
-    from pymc_neural_steps.testing.published import _german_credit_arrays, _posteriordb_data
+    from pymc_neural_steps.testing.posteriordb import posteriordb_data
+    from pymc_neural_steps.testing.published import _german_credit_arrays
 
     rng = np.random.default_rng(1)
-    data = _posteriordb_data("eight_schools-eight_schools_noncentered")
+    data = posteriordb_data("eight_schools-eight_schools_noncentered")
     y, sigma = np.asarray(data["y"], float), np.asarray(data["sigma"], float)
     theta_trans, mu, tau = rng.normal(size=8), 4.0, 3.0
     expected = (
@@ -281,28 +282,6 @@ def test_constrained_moments_by_monte_carlo():
         assert values.std() == pytest.approx(moments.sd, rel=0.01), key
 
 
-def test_posteriordb_reference_matches_published_summary():
-    import json
-
-    from pymc_neural_steps.testing.published import _data_file
-
-    for factory, folder in [
-        (eight_schools_noncentered, "eight_schools-eight_schools_noncentered"),
-        (garch11, "garch-garch11"),
-        (ark, "arK-arK"),
-    ]:
-        summary = json.loads(_data_file(folder, "reference_summary.json").read_text())
-        reference = factory()
-        assert len(reference) == len(summary)
-        for label, published in summary.items():
-            moments = reference[from_one_based(label) if "[" in label else label]
-            assert moments.mean == pytest.approx(published["mean"], rel=1e-9)
-            assert moments.sd == pytest.approx(published["sd"], rel=1e-9)
-            # ArviZ's MCSE of the mean on the draws agrees with posteriordb's own to 5 %
-            assert moments.mean_mcse == pytest.approx(published["mean_value_mcse_pdb"], rel=0.05)
-            assert 0 < moments.sd_mcse < moments.sd / 50
-
-
 # --- 3. PyMC's NUTS passes ----------------------------------------------------------------
 
 
@@ -405,14 +384,9 @@ def test_refuses_too_few_effective_draws():
 @pytest.mark.slow
 def test_rejects_nuts_on_centred_eight_schools():
     # same posterior as the reference, but the centred funnel that NUTS cannot sample well
-    from pymc_neural_steps.testing.published import _posteriordb_data
+    from pymc_neural_steps.testing import eight_schools_centered
 
-    data = _posteriordb_data("eight_schools-eight_schools_noncentered")
-    with pm.Model() as centred:
-        mu = pm.Normal("mu", 0.0, 5.0)
-        tau = pm.HalfCauchy("tau", 5.0)
-        theta = pm.Normal("theta", mu, tau, shape=8)
-        pm.Normal("y", theta, np.asarray(data["sigma"], float), observed=np.asarray(data["y"], float))
+    centred = eight_schools_centered().build_model()
     report = check_exactness(sample_nuts(centred, seed=7, draws=4000), eight_schools_noncentered())
     assert report.passed is False
 
@@ -486,12 +460,13 @@ def test_garch11_sd_allowance_is_needed_and_enough():
     """
     from scipy import special
 
-    from pymc_neural_steps.testing.published import _data_file, _posteriordb_data
+    from pymc_neural_steps.testing.posteriordb import posteriordb_data
+    from pymc_neural_steps.testing.references import data_file
 
-    data = _posteriordb_data("garch-garch11")
+    data = posteriordb_data("garch-garch11")
     y, sigma1 = np.asarray(data["y"]), data["sigma1"]
     names = ["mu", "alpha0", "alpha1", "beta1"]
-    with _data_file("garch-garch11", "reference_draws.npz").open("rb") as f, np.load(f) as npz:
+    with data_file("garch-garch11", "reference_draws.npz").open("rb") as f, np.load(f) as npz:
         draws = {name: npz[name].ravel() for name in names}
 
     def to_unconstrained(mu, alpha0, alpha1, beta1):

@@ -25,7 +25,22 @@ from pymc_neural_steps.testing.analytic import (
 )
 from pymc_neural_steps.testing.exactness import ExactnessReport, ZScore, check_exactness
 from pymc_neural_steps.testing.expensive import garch21, gp_regression, logistic_regression_50k
-from pymc_neural_steps.testing.published import ark, eight_schools_noncentered, garch11, german_credit, german_credit_data
+from pymc_neural_steps.testing.posteriordb import (
+    ark,
+    earn_height,
+    eight_schools_centered,
+    eight_schools_noncentered,
+    garch11,
+    gp_regr,
+    hmm_drive_0,
+    hmm_example,
+    kidscore_interaction,
+    kidscore_interaction_c,
+    mesquite,
+    nes1996,
+    sblrc_blr,
+)
+from pymc_neural_steps.testing.published import german_credit, german_credit_data
 from pymc_neural_steps.testing.references import Moments, Reference, from_one_based, scalar_key, split_key
 
 REFERENCES = {
@@ -46,12 +61,31 @@ REFERENCES = {
         gp_regression,
         logistic_regression_50k,
         garch21,
+        eight_schools_centered,
+        earn_height,
+        kidscore_interaction,
+        kidscore_interaction_c,
+        mesquite,
+        nes1996,
+        sblrc_blr,
+        gp_regr,
+        hmm_example,
+        hmm_drive_0,
     )
 }
 """Every reference factory by name; call one to get its :class:`Reference`."""
 
+ROBUSTNESS_SUITE = (
+    "ark", "eight_schools_noncentered", "eight_schools_centered", "garch11", "earn_height",
+    "kidscore_interaction", "kidscore_interaction_c", "mesquite", "sblrc_blr", "gp_regr",
+    "hmm_example", "hmm_drive_0", "nes1996", "german_credit",
+)
+"""The real posteriors every method must pass with its defaults (issue 14): the thirteen
+posteriordb ones and the German credit regression."""
+
 __all__ = [
     "REFERENCES",
+    "ROBUSTNESS_SUITE",
     "ExactnessReport",
     "Moments",
     "Reference",
@@ -60,6 +94,8 @@ __all__ = [
     "banana",
     "calendar_year_regression",
     "check_exactness",
+    "earn_height",
+    "eight_schools_centered",
     "constrained",
     "correlated_gaussian",
     "eight_schools_noncentered",
@@ -70,9 +106,17 @@ __all__ = [
     "gp_regression",
     "german_credit",
     "german_credit_data",
+    "gp_regr",
+    "hmm_drive_0",
+    "hmm_example",
     "ill_conditioned_gaussian",
+    "kidscore_interaction",
+    "kidscore_interaction_c",
     "logistic_regression_50k",
+    "mesquite",
+    "nes1996",
     "rotated_gaussian",
+    "sblrc_blr",
     "scalar_key",
     "split_key",
     "strongly_correlated_gaussian",

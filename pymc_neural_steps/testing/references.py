@@ -23,12 +23,18 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from types import MappingProxyType
 
 import numpy as np
 import xarray as xr
 
-__all__ = ["Moments", "Reference", "from_one_based", "scalar_key", "split_key"]
+__all__ = ["Moments", "Reference", "data_file", "from_one_based", "scalar_key", "split_key"]
+
+
+def data_file(*parts: str):
+    """A file of the reference data shipped in ``pymc_neural_steps/testing/data``."""
+    return resources.files("pymc_neural_steps.testing").joinpath("data", *parts)
 
 _KEY = re.compile(r"^(?P<name>[^\[\]]+?)(?:\[(?P<index>\s*\d+(?:\s*,\s*\d+)*\s*)\])?$")
 
