@@ -39,6 +39,7 @@ __all__ = [
     "decide",
     "gate_chains",
     "pilot",
+    "score_pilots",
     "undecided",
 ]
 
@@ -75,15 +76,22 @@ def undecided(trained: bool = False) -> Gate:
     return Gate(flag, jnp.asarray(True), nan, nan, flag, flag)
 
 
-def pilot(iteration, refresh, key, carry, starts, extras, num_steps: int):
+def _hmc_start(carry):
+    """(kernel state, true gradients its refresh spent) of a learned method's carry."""
+    return carry.hmc.state, carry.hmc.refresh_evals
+
+
+def pilot(iteration, refresh, key, carry, starts, extras, num_steps: int, start_of=_hmc_start):
     """Run ``iteration(key, carry, extras) -> (carry, position, stats)`` for ``num_steps``
-    transitions from each row of ``starts`` (w, d), ``refresh`` placing the chain there.
+    transitions from each row of ``starts`` (w, d), ``refresh`` placing the chain there;
+    ``start_of(carry)`` gives the placed chain's (state, refresh gradients).
 
     Returns (positions (w, n + 1, d), log densities (w, n + 1), true gradients per
     transition, true gradients spent in all)."""
 
     def one_walker(key, x):
         start = refresh(carry, x, extras)
+        state, refresh_evals = start_of(start)
 
         def body(c, k):
             c, position, stats = iteration(k, c, extras)
@@ -92,10 +100,9 @@ def pilot(iteration, refresh, key, carry, starts, extras, num_steps: int):
         _, (positions, logdensity, grads) = jax.lax.scan(
             body, start, jax.random.split(key, num_steps)
         )
-        state = start.hmc.state
         positions = jnp.concatenate([state.position[None], positions])
         logdensity = jnp.concatenate([state.logdensity[None], logdensity])
-        return positions, logdensity, grads, start.hmc.refresh_evals
+        return positions, logdensity, grads, refresh_evals
 
     keys = jax.random.split(key, starts.shape[0])
     positions, logdensity, grads, refresh_evals = jax.vmap(one_walker)(keys, starts)
@@ -136,6 +143,13 @@ def gate_chains(method, key, carry, walkers_per_chain: int):
     chains = carry.started.shape[0]
     learned, true = jax.vmap(both)(jax.random.split(key, chains), frozen)
 
+    return score_pilots(learned, true), (learned[3] + true[3]).astype(jnp.int64)
+
+
+def score_pilots(learned, true) -> Gate:
+    """The gate from two batches of pilots (``pilot``'s outputs with a leading chain
+    axis): both scored in the slowest directions of their pooled positions."""
+
     def flat(a):
         return a.reshape(-1, *a.shape[2:])
 
@@ -145,10 +159,9 @@ def gate_chains(method, key, carry, walkers_per_chain: int):
     directions = mixing.principal_directions(
         jnp.concatenate([learned_x.reshape(-1, dim), hmc_x.reshape(-1, dim)])
     )
-    gate = decide(
+    return decide(
         mixing.worst_direction(learned_x, learned_logp, directions),
         jnp.mean(learned[2]),
         mixing.worst_direction(hmc_x, hmc_logp, directions),
         jnp.mean(true[2]),
     )
-    return gate, (learned[3] + true[3]).astype(jnp.int64)

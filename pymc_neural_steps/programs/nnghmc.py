@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pymc_neural_steps import adaptation
+from pymc_neural_steps import adaptation, mixing
 from pymc_neural_steps.kernels import hmc
 from pymc_neural_steps.kernels import nnghmc as kernel_lib
 from pymc_neural_steps.programs.base import (
@@ -41,6 +41,7 @@ from pymc_neural_steps.programs.base import (
     StatSpec,
     pack_stats,
 )
+from pymc_neural_steps.programs import gate as gates
 from pymc_neural_steps.programs.hmc import HMC_STATS, initial_step_size, jittered_num_steps
 from pymc_neural_steps.surrogate import SurrogateSpec
 from pymc_neural_steps.trained import TrainedNNgHMC, json_float
@@ -57,6 +58,8 @@ __all__ = [
     "buffered_starts",
     "nnghmc_program",
     "nnghmc_settings",
+    "mixing_gate",
+    "surrogate_gate",
     "pooled_region_check",
     "pooled_train",
     "region_check_after",
@@ -230,6 +233,8 @@ class NNgHMCCarry(NamedTuple):
     region_checked: jax.Array  # a trained start's surrogate was checked on this posterior
     final_checked: jax.Array  # a fresh chain's surrogate was checked since the last warm-up
     #                           iteration (at the settings it would draw with); trained: True
+    gate: gates.Gate  # the surrogate's pilot against true-gradient HMC (``mixing_gate``)
+    pending_logp_evals: jax.Array  # the gate's log densities, not yet reported
 
 
 class NNgHMCSettings(NamedTuple):
@@ -413,6 +418,8 @@ def init_carry(settings: NNgHMCSettings, position, extras) -> NNgHMCCarry:
         extras=extras,
         region_checked=jnp.asarray(not s.checks_region),
         final_checked=jnp.asarray(s.trained is not None),
+        gate=gates.undecided(s.trained is not None),
+        pending_logp_evals=zero_int,
     )
 
 
@@ -471,7 +478,7 @@ def pack_nnghmc_stats(info, state, step_size, carry: NNgHMCCarry, mode) -> jax.A
         step_size,
         info.num_steps,
         info.n_field_evals,
-        info.n_logp_evals + carry.refresh_logp_evals,
+        info.n_logp_evals + carry.refresh_logp_evals + carry.pending_logp_evals,
         carry.report.relative_error,
         carry.report.loss,
         carry.just_trained,
@@ -487,6 +494,7 @@ def reported(carry: NNgHMCCarry) -> NNgHMCCarry:
         refresh_evals=zero,
         refresh_logp_evals=zero,
         pending_grad_evals=zero,
+        pending_logp_evals=zero,
         just_trained=jnp.zeros((), bool),
     )
 
@@ -739,7 +747,7 @@ def check_passes(settings: NNgHMCSettings, accept_true, accept_surrogate, target
 
 
 def pooled_region_check(settings: NNgHMCSettings, key, carry: NNgHMCCarry,
-                        restart_step_size=None, lenient=False) -> NNgHMCCarry:
+                        restart_step_size=None, lenient=False, veto=None) -> NNgHMCCarry:
     """A trained start's surrogate against the true gradient on THIS posterior: paired
     trajectories from every chain's current position (momenta drawn afresh), the pass
     rule of training. A surrogate that fails (the posterior has left the region it was
@@ -750,7 +758,8 @@ def pooled_region_check(settings: NNgHMCSettings, key, carry: NNgHMCCarry,
     step size adapted to a failing surrogate's acceptance may have collapsed towards 0,
     held up only by the floor); None keeps it going. ``lenient`` applies ``check_passes``
     (a fresh chain's re-check) instead of training's rule (a trained start: the surrogate
-    has not been measured on this posterior at all)."""
+    has not been measured on this posterior at all). ``veto`` fails the check whatever
+    the acceptances (the mixing gate decided against the surrogate)."""
     chains = carry.passed.shape[0]
     per_chain = _per_chain(settings, chains)
     starts = jnp.repeat(carry.state.position[:, None, :], per_chain, axis=1)
@@ -761,6 +770,8 @@ def pooled_region_check(settings: NNgHMCSettings, key, carry: NNgHMCCarry,
                             carry.warmup.target_accept, error)
     else:
         fits = accept_surrogate >= accept_true - settings.tolerance
+    if veto is not None:
+        fits = fits & ~veto
     fields = jax.vmap(lambda x, e: true_field(settings.target, e)(x))(
         carry.state.position, carry.extras
     )
@@ -792,27 +803,109 @@ def pooled_region_check(settings: NNgHMCSettings, key, carry: NNgHMCCarry,
     )
 
 
+def _pilot_start(carry: NNgHMCCarry):
+    return carry.state, carry.refresh_evals
+
+
+def _gate_pilots(settings: NNgHMCSettings, key, carry: NNgHMCCarry, *, with_true: bool):
+    """Pilots of the surrogate (and, ``with_true``, of true-gradient HMC) from recorded
+    warm-up positions of every chain, at the step size, mass matrix and λ the chains
+    would draw with now. Returns (surrogate pilots, true pilots or None, log densities
+    spent per chain)."""
+    chains = carry.passed.shape[0]
+    per_chain = max(1, -(-gates.PILOT_WALKERS // chains))
+    key_starts, key_pilots = jax.random.split(key)
+    starts = buffered_starts(key_starts, carry, per_chain, settings.holdout)
+    # The averaged step size, floored: what the draws would use if warm-up ended now.
+    step_size, _ = jax.vmap(adaptation.warmup_final)(carry.warmup)
+    step_size = jnp.maximum(step_size, carry.step_floor)
+    zero = jnp.zeros(chains, jnp.int64)
+    pilot_carry = carry._replace(step_size=step_size, inverse_mass=carry.warmup.inverse_mass,
+                                 pending_grad_evals=zero, pending_logp_evals=zero)
+    place = partial(refresh, settings)
+
+    def run(key, chain, chain_starts, mode, passed, steps):
+        return gates.pilot(partial(draw, settings, mode=mode), place, key,
+                           chain._replace(passed=jnp.asarray(passed)), chain_starts,
+                           chain.extras, steps, _pilot_start)
+
+    def both(key, chain, chain_starts):
+        key_surrogate, key_true = jax.random.split(key)
+        surrogate = run(key_surrogate, chain, chain_starts, SURROGATE_MODE, True,
+                        gates.LEARNED_PILOT_STEPS)
+        if not with_true:
+            return surrogate, None
+        return surrogate, run(key_true, chain, chain_starts, DEFAULT_MODE, False,
+                              gates.HMC_PILOT_STEPS)
+
+    surrogate, true = jax.vmap(both)(jax.random.split(key_pilots, chains), pilot_carry, starts)
+    logp_spent = jnp.full(chains, per_chain * (gates.LEARNED_PILOT_STEPS + 1), jnp.int64)
+    return surrogate, true, logp_spent
+
+
+def mixing_gate(settings: NNgHMCSettings, key, carry: NNgHMCCarry):
+    """The surrogate against true-gradient HMC by mixing (``programs/gate.py``), both
+    piloted from the same recorded warm-up positions. Scored per true gradient, the
+    surrogate's pilot costs one (its transitions spend log densities only); what decides
+    against it in practice is an ESS estimate that is not *resolved* within the pilot --
+    a kernel that accepts its moves but does not travel.
+
+    Returns (gate, true gradients, log densities spent per chain)."""
+    surrogate, true, logps = _gate_pilots(settings, key, carry, with_true=True)
+    return gates.score_pilots(surrogate, true), (surrogate[3] + true[3]).astype(jnp.int64), logps
+
+
+def surrogate_gate(settings: NNgHMCSettings, key, carry: NNgHMCCarry):
+    """``mixing_gate`` again once HMC has been piloted: only the surrogate's pilot runs
+    (log densities only), against the HMC score measured the first time. The surrogate
+    changes with every fit and its step size with every adaptation window, HMC's mixing
+    hardly at all, and HMC's pilot costs hundreds of trajectories."""
+    surrogate, _, logps = _gate_pilots(settings, key, carry, with_true=False)
+    x = surrogate[0].reshape(-1, *surrogate[0].shape[2:])
+    logdensity = surrogate[1].reshape(-1, surrogate[1].shape[-1])
+    dim = x.shape[-1]
+    estimate = mixing.worst_direction(x, logdensity, mixing.principal_directions(x.reshape(-1, dim)))
+    score = estimate.ess_per_step / jnp.maximum(jnp.mean(surrogate[2]), 1.0)
+    hmc_score = carry.gate.hmc_score[0]
+    gate = gates.Gate(jnp.asarray(True), estimate.resolved & (score > hmc_score), score,
+                      hmc_score, estimate.resolved, carry.gate.hmc_resolved[0])
+    return gate, surrogate[3].astype(jnp.int64), logps
+
+
 def final_check(settings: NNgHMCSettings, key, carry: NNgHMCCarry) -> NNgHMCCarry:
     """A fresh chain's surrogate that passed, checked again: paired trajectories from
     every chain's current position at the settings the chain would draw with now (the
-    averaged step size, the mass matrix and λ), the pass rule of training. It runs at
-    every training point after the surrogate passed, and once more when warm-up ends
-    unless nothing changed since (``final_checked``).
+    averaged step size, the mass matrix and λ), the pass rule of training, and the mixing
+    gate. It runs at every training point after the surrogate passed, and once more when
+    warm-up ends unless nothing changed since (``final_checked``).
 
     Training assessed the surrogate at the step size of that moment and from recorded
     positions; afterwards ε adapts to the surrogate's own acceptance and λ grows, and a
     surrogate that was good enough then may not be now (a regression on uncentred
-    calendar years: it passed, then accepted 10% of the draws, R-hat 2.5). One that fails
-    hands the chains back to the true gradient, with dual averaging restarted at the
-    true gradient's step size of the switch; in warm-up, training then goes on at the
-    next training point."""
+    calendar years: it passed, then accepted 10% of the draws, R-hat 2.5). Acceptance is
+    not mixing, either: on posteriordb's earnings regression a surrogate accepted 80% of
+    its moves and returned R-hat 2.0. So every check also runs the mixing gate
+    (``mixing_gate`` the first time, ``surrogate_gate`` after). One that fails either
+    test hands the chains back to the true gradient, with dual averaging restarted at the true gradient's step
+    size of the switch; in warm-up, training then goes on at the next training point."""
+    key_check, key_gate = jax.random.split(key)
+    gate, grads, logps = jax.lax.cond(
+        jnp.all(carry.gate.decided),
+        lambda c: surrogate_gate(settings, key_gate, c),
+        lambda c: mixing_gate(settings, key_gate, c),
+        carry,
+    )
+    chains = carry.passed.shape[0]
     switch_step_size = carry.step_floor / STEP_FLOOR
-    checked = pooled_region_check(settings, key, carry, restart_step_size=switch_step_size,
-                                  lenient=True)
+    checked = pooled_region_check(settings, key_check, carry, restart_step_size=switch_step_size,
+                                  lenient=True, veto=~gate.use_learned)
     # Reported as a training run: its time and true gradients are part of training's.
     return checked._replace(
         final_checked=jnp.ones_like(carry.final_checked),
         just_trained=jnp.ones_like(carry.just_trained),
+        gate=jax.tree.map(lambda a: jnp.broadcast_to(a, (chains,)), gate),
+        pending_grad_evals=checked.pending_grad_evals + grads,
+        pending_logp_evals=checked.pending_logp_evals + logps,
     )
 
 
@@ -928,6 +1021,7 @@ def trained_from_carry(carry: NNgHMCCarry, *, batched: bool, spec: SurrogateSpec
     path_length = np.asarray(carry.path_length).reshape(-1)
     inverse_mass = np.asarray(carry.inverse_mass).reshape(-1, dim)
     report = jax.tree.map(lambda a: float(np.asarray(a).reshape(-1)[0]), carry.report)
+    gate = jax.tree.map(lambda a: np.asarray(a).reshape(-1)[0], carry.gate)
     return TrainedNNgHMC(
         spec=spec,
         surrogate_leaves=tuple(jax.tree.leaves(surrogate)),
@@ -944,5 +1038,8 @@ def trained_from_carry(carry: NNgHMCCarry, *, batched: bool, spec: SurrogateSpec
             "relative_error": json_float(report.relative_error),
             "accept_true": json_float(report.accept_true),
             "accept_surrogate": json_float(report.accept_surrogate),
+            "gate_learned_ess_per_grad": json_float(gate.learned_score),
+            "gate_hmc_ess_per_grad": json_float(gate.hmc_score),
+            "gate_use_learned": bool(np.asarray(carry.passed).all() and gate.decided and gate.use_learned),
         },
     )

@@ -16,9 +16,25 @@ def _mean(values) -> float:
         return float(np.nanmean(values))
 
 
-def fallback_message(report, passed, final_checked, tolerance, *, trained_start: bool):
+def _gate_reason(gate) -> str:
+    learned, hmc = _mean(gate.learned_score), _mean(gate.hmc_score)
+    if np.all(gate.learned_resolved):
+        return (
+            f"on pilots from the same warm-up positions the surrogate mixed slower than "
+            f"true-gradient HMC ({learned:.3g} against {hmc:.3g} ESS per true gradient in "
+            "the slowest direction)"
+        )
+    return (
+        "on pilots from the same warm-up positions the surrogate's autocorrelation did not "
+        "die out (it accepted its moves but did not travel: ESS per true gradient at most "
+        f"{learned:.3g}, against {hmc:.3g} for true-gradient HMC)"
+    )
+
+
+def fallback_message(report, passed, final_checked, tolerance, *, trained_start: bool, gate=None):
     """The warning for chains that draw with the true gradient (None when every chain
-    draws with the surrogate). ``report``: the carry's report, one row per chain."""
+    draws with the surrogate). ``report``: the carry's report, one row per chain;
+    ``gate``: the mixing gate's (``programs/nnghmc.mixing_gate``), one row per chain."""
     if passed.all():
         return None
     surrogate, true = _mean(report.accept_surrogate), _mean(report.accept_true)
@@ -32,7 +48,9 @@ def fallback_message(report, passed, final_checked, tolerance, *, trained_start:
             "surrogate was trained on (e.g. a prior moved far from the original "
             "posterior). Train a new NNgHMC() on this model to get the speed-up back."
         )
-    if final_checked.all():
+    if gate is not None and np.any(gate.decided & ~gate.use_learned) and not trained_start:
+        reason = _gate_reason(gate)
+    elif final_checked.all():
         reason = (
             "the surrogate passed its checks in warm-up but failed the last one, at the "
             "step size and path length of the draws (trajectories from the chains' final "

@@ -169,8 +169,9 @@ class NNgHMC(NeuralStep):
         passed = np.asarray(carry.passed).reshape(-1)
         report = jax.tree.map(lambda a: np.asarray(a).reshape(-1), carry.report)
         final = np.asarray(carry.final_checked).reshape(-1)
+        gate = jax.tree.map(lambda a: np.asarray(a).reshape(-1), carry.gate)
         message = fallback_message(report, passed, final, self.options["tolerance"],
-                                   trained_start=self._trained_start is not None)
+                                   trained_start=self._trained_start is not None, gate=gate)
         if message is not None:
             warnings.warn(message, UserWarning, stacklevel=2)
         spec = self.spec if self._trained_start is None else self._trained_start.spec

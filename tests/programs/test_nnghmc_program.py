@@ -288,3 +288,52 @@ def test_trained_from_carry_takes_medians_and_the_mean_metric():
     np.testing.assert_allclose(trained.inverse_mass, [2.0, 2.0])
     assert not trained.passed and trained.report["trainings"] == 0
     assert trained.report["loss"] is None  # NaN is written as null
+
+
+def _carry_on_posterior_draws(settings, chains=2, seed=0):
+    """Chains whose buffers hold draws of ``fake_target``'s posterior, N(1, 1/4.01)."""
+    carry = batched_carry(settings, np.ones((chains, DIM)))
+    capacity = carry.buffer.positions.shape[1]
+    sd = 1.0 / np.sqrt(LIK_PRECISION + 1.0 / PRIOR_SD**2)
+    draws = 1.0 + sd * np.random.default_rng(seed).standard_normal((chains, capacity, DIM))
+    buffer = carry.buffer._replace(positions=jnp.asarray(draws), count=jnp.full(chains, capacity))
+    return carry._replace(buffer=buffer, passed=jnp.ones(chains, bool))
+
+
+def test_mixing_gate_keeps_an_exact_surrogate_and_vetoes_a_wrong_one():
+    # scale -1 points the likelihood's pull the wrong way: its moves are rejected and the
+    # pilot's autocorrelation does not die out. (A surrogate that merely ignores the
+    # likelihood, scale 0, still wins here: in 2-d its ESS per step at one log density
+    # beats HMC's per ~10 gradients -- the gate scores cost, not acceptance.)
+    for scale, wins in ((1.0, True), (-1.0, False)):
+        settings = settings_with(LinearLikelihoodGradient(jnp.asarray(scale)), buffer_size=256)
+        carry = _carry_on_posterior_draws(settings)
+        gate, grads, logps = jax.jit(lambda k, c: program.mixing_gate(settings, k, c))(jax.random.key(4), carry)
+        assert bool(gate.decided) and bool(gate.use_learned) is wins, gate
+        assert bool(gate.learned_resolved) is wins and bool(gate.hmc_resolved)
+        # every true gradient and log density of the pilots is counted, per chain
+        assert grads.shape == logps.shape == (2,) and int(grads.min()) > 0
+        walkers = -(-program.gates.PILOT_WALKERS // 2)
+        assert int(logps[0]) == walkers * (program.gates.LEARNED_PILOT_STEPS + 1)
+
+
+def test_final_check_runs_the_gate_until_it_wins_and_its_veto_drops_the_surrogate():
+    settings = settings_with(LinearLikelihoodGradient(-jnp.ones(())), buffer_size=256, tolerance=1.0)
+    carry = _carry_on_posterior_draws(settings)
+    # tolerance 1: the acceptance check passes anything, so only the gate can drop it
+    checked = program.final_check(settings, jax.random.key(5), carry)
+    assert not bool(checked.passed.any()) and not bool(checked.gate.use_learned.any())
+    assert int(checked.pending_logp_evals.min()) > 0
+    report = program.trained_from_carry(checked, batched=True, spec=default_spec(DIM),
+                                        layout={"dim": DIM}).report
+    assert report["gate_use_learned"] is False and report["gate_hmc_ess_per_grad"] > 0
+    # after the first gate only the surrogate is piloted again, against HMC's first score
+    won = carry._replace(gate=carry.gate._replace(
+        decided=jnp.ones(2, bool), use_learned=jnp.ones(2, bool), hmc_score=jnp.full(2, 1e-9),
+        hmc_resolved=jnp.ones(2, bool)))
+    good = settings_with(LinearLikelihoodGradient(jnp.ones(())), buffer_size=256, tolerance=1.0)
+    again = program.final_check(good, jax.random.key(6), won)
+    assert bool(again.passed.all()) and int(again.pending_logp_evals.min()) > 0
+    np.testing.assert_allclose(again.gate.hmc_score, 1e-9)
+    gate, grads, _ = program.surrogate_gate(settings, jax.random.key(7), won)
+    assert not bool(gate.use_learned) and int(grads.max()) == 0  # no true gradient
