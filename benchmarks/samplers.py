@@ -51,6 +51,7 @@ __all__ = [
     "default_samplers",
     "register",
     "via_fast_driver",
+    "via_nutpie",
     "via_pm_sample",
 ]
 
@@ -269,30 +270,30 @@ register(Sampler(
     lambda model, settings: _pm_sample(model, settings, None),
     gradient_stat="n_steps",  # PyMC's tree_size: leapfrog steps, one gradient each
 ))
-register(Sampler(
-    "nutpie",
-    "nutpie, default numba backend (compile_pymc_model + sample)",
-    _run_nutpie,
-    acceptance_stat="mean_tree_accept",
-    gradient_stat="n_steps",
-    requires=("nutpie",),
-))
-register(Sampler(
+def via_nutpie(name: str, description: str, *, requires=("nutpie",), default: bool = True,
+               **options: bool) -> Sampler:
+    """nutpie with ``_run_nutpie``'s ``options`` (flow=..., low_rank=...)."""
+    return Sampler(
+        name,
+        description,
+        lambda model, settings: _run_nutpie(model, settings, **options),
+        acceptance_stat="mean_tree_accept",
+        gradient_stat="n_steps",
+        requires=requires,
+        default=default,
+    )
+
+
+register(via_nutpie("nutpie", "nutpie, default numba backend (compile_pymc_model + sample)"))
+register(via_nutpie(
     "nutpie_nf",
     "nutpie with its normalising-flow adaptation (JAX backend, transform_adapt=True; needs flowjax)",
-    lambda model, settings: _run_nutpie(model, settings, flow=True),
-    acceptance_stat="mean_tree_accept",
-    gradient_stat="n_steps",
-    requires=("nutpie", "flowjax"),
+    requires=("nutpie", "flowjax"), flow=True,
 ))
-register(Sampler(
+register(via_nutpie(
     "nutpie_lowrank",
     "nutpie with its low-rank mass-matrix adaptation (low_rank_modified_mass_matrix=True; robustness suite, run when named)",
-    lambda model, settings: _run_nutpie(model, settings, low_rank=True),
-    acceptance_stat="mean_tree_accept",
-    gradient_stat="n_steps",
-    requires=("nutpie",),
-    default=False,
+    default=False, low_rank=True,
 ))
 register(via_pm_sample(
     "jaxhmc_pymc", pns.JaxHMC, "JaxHMC via pm.sample(step=pns.JaxHMC()) (driver comparison; run when named)",
