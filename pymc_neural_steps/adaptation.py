@@ -37,7 +37,6 @@ __all__ = [
     "dual_averaging_update",
     "warmup_final",
     "warmup_init",
-    "resumed_codes",
     "warmup_update",
     "welford_init",
     "welford_update",
@@ -159,13 +158,6 @@ def window_code(iteration: int, num_tune: int | None) -> int:
     k = (iteration + 1 - INIT_BUFFER) / BASE_WINDOW + 1
     is_end = k == int(k) and int(k) & (int(k) - 1) == 0 and k > 1
     return SLOW_END if is_end else SLOW
-
-
-def resumed_codes(length: int) -> np.ndarray:
-    """Codes for a warm-up resumed from a warm state (a chain sent back to HMC after
-    training): the open-ended doubling slow windows from the first iteration, without
-    the initial buffer."""
-    return np.array([window_code(i + INIT_BUFFER, None) for i in range(length)], np.int8)
 
 
 def warmup_init(dim: int, step_size, target_accept=0.8, inverse_mass=None) -> WarmupState:

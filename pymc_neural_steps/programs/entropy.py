@@ -401,7 +401,7 @@ def hmc_iteration(settings: EntropySettings, key, carry: EntropyCarry, extras, t
     if not tuning:
         hmc_carry, position, stats = settings.hmc_part.draw(key, carry.hmc, extras)
         return carry._replace(hmc=hmc_carry), position, _hmc_stats(stats)
-    code = learned.hmc_code(settings.hmc_codes, carry.warmup_iteration, carry.gate, driver_code)
+    code = learned.hmc_code(settings.hmc_codes, carry.warmup_iteration, driver_code)
     hmc_carry, position, stats = settings.hmc_part.tune(key, carry.hmc, code, extras)
     welford, center = learned.center_update(
         code, carry.center_welford, carry.center_estimate, position

@@ -460,7 +460,7 @@ def hmc_iteration(settings: L2HMCSettings, key, carry: L2HMCCarry, extras, tunin
         return carry._replace(hmc=hmc_carry), position, jnp.concatenate(
             [stats, pack_stats(jump, 0.0)]
         )
-    code = learned.hmc_code(settings.hmc_codes, carry.warmup_iteration, carry.gate, driver_code)
+    code = learned.hmc_code(settings.hmc_codes, carry.warmup_iteration, driver_code)
     hmc_carry, position, stats = settings.hmc_part.tune(key, carry.hmc, code, extras)
     welford, center = learned.center_update(
         code, carry.center_welford, carry.center_estimate, position

@@ -14,9 +14,11 @@ follow one skeleton, written here once:
    first few walkers of every chain form one shared ensemble.
 3. *The gate* (``programs/gate.py``): when the budget is spent, pilots of the learned
    kernel and of HMC from the same walkers measure ESS per true gradient in the worst
-   direction; the learned kernel goes on only if it wins, else the chain falls back to HMC.
-4. *Frozen kernel*: the chain runs the learned kernel between rounds, and the kernel is
-   frozen by no longer training it when warm-up ends.
+   direction; the learned kernel goes on only if it wins.
+4. *The chain itself runs HMC until the gate has decided*, adapting on Stan's schedule of
+   the whole warm-up (``hmc_code``) while training moves only the walkers. A chain the gate
+   turns down is therefore exactly as tuned as ``JaxHMC`` would be; one it accepts runs
+   the learned kernel for the rest of warm-up and the draws, frozen when warm-up ends.
 
 A method supplies the pieces that differ (``LearnedMethod``); ``learned_program``
 assembles them into a ``ChainProgram``. Nothing here knows PyMC.
@@ -71,13 +73,8 @@ HMC_MODE = "hmc"
 DEFAULT_TUNE_HORIZON = 1000
 MAX_ROUNDS = 20
 # Training's rounds end by this share of the warm-up after HMC's, so that a kernel the
-# gate turns down leaves HMC the rest for more mass-matrix windows (a 200-iteration HMC
-# warm-up alone can be far from converged: R-hat 2.5 on an uncentred regression, where
-# 400 iterations give 1.01).
+# gate accepts has the rest of warm-up to reach its stationary regime from HMC's position.
 TRAINING_END = 0.6
-# A chain the gate sent back to HMC resumes the mass-matrix windows on this schedule
-# (``hmc_code``); beyond its end, step size only.
-RESUMED_CODES = adaptation.resumed_codes(4096)
 
 # The stats of training, reported on the iteration after it ran (0 / NaN when none did).
 TRAINING_STATS = (
@@ -175,18 +172,20 @@ def training_rounds(
     return per_round, frozenset(i for i in at if num_tune is None or i < num_tune)
 
 
-def hmc_code(own_codes, warmup_iteration, gate: gates.Gate, driver_code):
+def hmc_code(own_codes, warmup_iteration, driver_code):
     """The window code of a learned method's HMC warm-up iteration: HMC's own schedule
-    (``own_codes``, ``hmc_warmup`` long) before training; for a chain the gate sent back,
-    ``RESUMED_CODES`` from where its own schedule ended, and the driver's terminal buffer
-    (the driver's FAST, which after training can only be that) for step size alone."""
+    (``own_codes``, ``hmc_warmup`` long: the whitening training starts from), then the
+    driver's, i.e. Stan's schedule of the whole warm-up (its later, longer windows and
+    its terminal buffer), so that HMC ends warm-up tuned as ``JaxHMC`` would be. A window
+    of the driver's that would end within ``adaptation.BASE_WINDOW`` iterations of the
+    switch goes on collecting instead (too few draws for a variance)."""
     hmc_warmup = own_codes.shape[0]
     own = own_codes[jnp.minimum(warmup_iteration, hmc_warmup - 1)]
-    later = jnp.clip(warmup_iteration - hmc_warmup, 0, RESUMED_CODES.shape[0] - 1)
-    resumed = jnp.where(
-        driver_code == adaptation.FAST, adaptation.FAST, jnp.asarray(RESUMED_CODES)[later]
+    early = (warmup_iteration - hmc_warmup < adaptation.BASE_WINDOW) & (
+        driver_code == adaptation.SLOW_END
     )
-    return jnp.where(gate.decided, resumed, own).astype(own_codes.dtype)
+    driver = jnp.where(early, adaptation.SLOW, driver_code)
+    return jnp.where(warmup_iteration < hmc_warmup, own, driver).astype(own_codes.dtype)
 
 
 def center_update(code, welford: adaptation.WelfordState, center_estimate, position):
@@ -384,7 +383,10 @@ def learned_program(
         return iteration in training_rounds(train_steps, hmc_warmup, num_tune)[1]
 
     def mode_of(carry):
-        learned = np.asarray(carry.started).all() and np.asarray(carry.gate.use_learned).all()
+        # Until the gate has decided, the chain runs (and tunes) HMC; training moves only
+        # the walkers. A kernel loaded from a file is decided from the start.
+        learned = (np.asarray(carry.started).all() and np.asarray(carry.gate.decided).all()
+                   and np.asarray(carry.gate.use_learned).all())
         return learned_mode if learned else HMC_MODE
 
     def end_tune(carry):

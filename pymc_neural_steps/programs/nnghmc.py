@@ -42,6 +42,7 @@ from pymc_neural_steps.programs.base import (
     pack_stats,
 )
 from pymc_neural_steps.programs import gate as gates
+from pymc_neural_steps.programs import rewarm as rewarms
 from pymc_neural_steps.programs.hmc import HMC_STATS, initial_step_size, jittered_num_steps
 from pymc_neural_steps.surrogate import SurrogateSpec
 from pymc_neural_steps.trained import TrainedNNgHMC, json_float
@@ -79,6 +80,8 @@ NNGHMC_STATS = (
     StatSpec(TRAINING_TIME_STAT, np.float64),
 )
 STAT_SPECS = COMMON_STATS + HMC_STATS + NNGHMC_STATS
+GRAD_EVALS = [spec.name for spec in STAT_SPECS].index("n_grad_evals")
+LOGP_EVALS = [spec.name for spec in STAT_SPECS].index("n_logp_evals")
 
 FIRST_TRAINING = 150
 # A trained surrogate used on another model (a prior swap) is checked against the true
@@ -235,6 +238,8 @@ class NNgHMCCarry(NamedTuple):
     #                           iteration (at the settings it would draw with); trained: True
     gate: gates.Gate  # the surrogate's pilot against true-gradient HMC (``mixing_gate``)
     pending_logp_evals: jax.Array  # the gate's log densities, not yet reported
+    true_since: jax.Array  # true-gradient warm-up iterations since the last hand-back
+    rewarm_owed: jax.Array  # handed back to the true gradient too late to re-adapt
 
 
 class NNgHMCSettings(NamedTuple):
@@ -420,6 +425,8 @@ def init_carry(settings: NNgHMCSettings, position, extras) -> NNgHMCCarry:
         final_checked=jnp.asarray(s.trained is not None),
         gate=gates.undecided(s.trained is not None),
         pending_logp_evals=zero_int,
+        true_since=zero_int,
+        rewarm_owed=jnp.zeros((), bool),
     )
 
 
@@ -546,6 +553,10 @@ def tune_iteration(settings: NNgHMCSettings, key, carry: NNgHMCCarry, code, extr
             jnp.maximum(step_floor, STEP_FLOOR * s.trained.step_size),
             step_floor,
         )
+    true_since, rewarm_owed = carry.true_since, carry.rewarm_owed
+    if mode == DEFAULT_MODE:
+        true_since = true_since + 1
+        rewarm_owed = rewarm_owed & (true_since < rewarms.ENOUGH)
     uturn, path_length = carry.uturn, carry.path_length
     if s.adapt_path:
         uturn, path_length = path_length_update(uturn, path_length, info.uturn_steps,
@@ -557,6 +568,8 @@ def tune_iteration(settings: NNgHMCSettings, key, carry: NNgHMCCarry, code, extr
         uturn=uturn,
         path_length=path_length,
         step_floor=step_floor,
+        true_since=true_since,
+        rewarm_owed=rewarm_owed,
         # The settings moved: a fresh chain's surrogate is owed a check at the end.
         final_checked=carry.final_checked & (s.trained is not None),
     )
@@ -788,11 +801,19 @@ def pooled_region_check(settings: NNgHMCSettings, key, carry: NNgHMCCarry,
         warmup = warmup._replace(
             dual_averaging=jax.tree.map(keep, warmup.dual_averaging, restarted)
         )
+    # A chain handed back discards the variance collected under the surrogate (a chain
+    # that did not travel underestimates it): the next window is the true gradient's.
+    handed_back = carry.passed & ~fits
+    fresh = jax.vmap(lambda x: adaptation.welford_init(x.shape[-1]))(carry.state.position)
+    warmup = warmup._replace(welford=jax.tree.map(
+        lambda a, b: jnp.where(_rows(handed_back, a), a, b), fresh, warmup.welford))
     report = carry.report._replace(
         accept_true=jnp.broadcast_to(accept_true, (chains,)),
         accept_surrogate=jnp.broadcast_to(accept_surrogate, (chains,)),
     )
     return carry._replace(
+        true_since=jnp.where(handed_back, 0, carry.true_since),
+        rewarm_owed=carry.rewarm_owed | handed_back,
         state=state,
         warmup=warmup,
         step_floor=jnp.where(fits, carry.step_floor, 0.0),
@@ -801,6 +822,11 @@ def pooled_region_check(settings: NNgHMCSettings, key, carry: NNgHMCCarry,
         region_checked=jnp.ones(chains, bool),
         pending_grad_evals=carry.pending_grad_evals + spent,
     )
+
+
+def _rows(flags, array):
+    """Per-chain ``flags`` (c,) shaped to broadcast against ``array`` (c, ...)."""
+    return flags.reshape(flags.shape + (1,) * (array.ndim - 1))
 
 
 def _pilot_start(carry: NNgHMCCarry):
@@ -909,9 +935,39 @@ def final_check(settings: NNgHMCSettings, key, carry: NNgHMCCarry) -> NNgHMCCarr
     )
 
 
+def rewarm_chains(settings: NNgHMCSettings, key, carry: NNgHMCCarry) -> NNgHMCCarry:
+    """Chains handed back to the true gradient with too little warm-up left
+    (``rewarm_owed``) re-adapt on it (``programs/rewarm.py``); reported as training."""
+
+    def one(key, chain):
+        tune = lambda k, c, code: tune_iteration(settings, k, c, code, c.extras)  # noqa: E731
+        # The counts the chain had pending are in the first iteration's stats.
+        tuned, totals = rewarms.rewarm(tune, key, chain)
+        return tuned._replace(
+            pending_grad_evals=totals[GRAD_EVALS].astype(jnp.int64),
+            pending_logp_evals=totals[LOGP_EVALS].astype(jnp.int64),
+            just_trained=jnp.ones((), bool),
+            rewarm_owed=jnp.zeros((), bool),
+        )
+
+    return jax.vmap(one)(jax.random.split(key, carry.passed.shape[0]), carry)
+
+
 def pooled_step(settings: NNgHMCSettings, key, carry: NNgHMCCarry) -> NNgHMCCarry:
-    """What the drivers' training call does: train, check a passed surrogate at the end
-    of warm-up (``final_check``), or check a trained start once."""
+    """What the drivers' training call does: re-adapt chains handed back late
+    (``rewarm_chains``), or train, check a passed surrogate at the end of warm-up
+    (``final_check``), or check a trained start once."""
+    if settings.checks_region or settings.trained is None:
+        return jax.lax.cond(
+            jnp.all(carry.rewarm_owed),
+            lambda c: rewarm_chains(settings, key, c),
+            lambda c: _checked_step(settings, key, c),
+            carry,
+        )
+    return _checked_step(settings, key, carry)
+
+
+def _checked_step(settings: NNgHMCSettings, key, carry: NNgHMCCarry) -> NNgHMCCarry:
     if settings.trained is None:
         return jax.lax.cond(
             jnp.all(carry.passed),
@@ -965,13 +1021,19 @@ def _trains(settings: NNgHMCSettings, iteration, num_tune) -> bool:
     return trains_after(iteration, num_tune, settings.first_training, settings.retrain_every)
 
 
+def _rewarm_owed(carry) -> bool:
+    return bool(np.asarray(carry.rewarm_owed).all())
+
+
 def _training_owed(settings: NNgHMCSettings, carry) -> bool:
-    return not done_training(settings, carry)
+    return not done_training(settings, carry) or _rewarm_owed(carry)
 
 
 def _final_check_owed(carry) -> bool:
-    """A fresh chain owes ``final_check`` when warm-up ends if its surrogate passed."""
-    return bool(np.asarray(carry.passed).all() and not np.asarray(carry.final_checked).all())
+    """A fresh chain owes ``final_check`` when warm-up ends if its surrogate passed, and
+    a re-warm-up if a check handed it back to the true gradient too late."""
+    passed = np.asarray(carry.passed).all()
+    return bool(passed and not np.asarray(carry.final_checked).all()) or _rewarm_owed(carry)
 
 
 def schedule(settings: NNgHMCSettings):

@@ -133,18 +133,35 @@ def test_no_training_is_owed_by_chains_that_never_warmed_up():
     assert not learned.training_pending(100, carry([200, 200], [True, True], [100, 100]))
 
 
-def test_a_chain_sent_back_to_hmc_resumes_the_mass_matrix_windows():
+def test_hmc_follows_its_own_schedule_then_the_drivers():
+    own = jnp.asarray(adaptation.window_codes(200))
+    slow, end, fast = adaptation.SLOW, adaptation.SLOW_END, adaptation.FAST
+    # Before training starts: HMC's own schedule, whatever the driver says.
+    assert int(learned.hmc_code(own, 0, slow)) == int(own[0])
+    assert int(learned.hmc_code(own, 199, end)) == int(own[199])
+    # After it: the driver's schedule (Stan's windows of the whole warm-up, and its
+    # terminal buffer), except a window end too soon after the switch to hold a variance.
+    assert int(learned.hmc_code(own, 200, slow)) == slow
+    assert int(learned.hmc_code(own, 210, end)) == slow
+    assert int(learned.hmc_code(own, 249, end)) == end
+    assert int(learned.hmc_code(own, 960, fast)) == fast
+
+
+def test_the_chain_runs_hmc_until_the_gate_has_decided():
     from pymc_neural_steps.programs import gate as gates
 
-    own = jnp.asarray(adaptation.window_codes(200))
-    before, after = gates.undecided(), gates.undecided()._replace(decided=jnp.asarray(True))
-    slow = adaptation.SLOW
-    # Before the gate: HMC's own schedule, whatever the driver says.
-    assert int(learned.hmc_code(own, 0, before, slow)) == int(own[0])
-    assert int(learned.hmc_code(own, 199, before, slow)) == int(own[199])
-    # After it: doubling windows from the end of HMC's own warm-up (the first ends after
-    # 25 iterations), and the driver's terminal buffer (FAST) for step size only.
-    codes = [int(learned.hmc_code(own, 200 + i, after, slow)) for i in range(80)]
-    assert codes[:24] == [slow] * 24 and codes[24] == adaptation.SLOW_END
-    assert codes[74] == adaptation.SLOW_END
-    assert int(learned.hmc_code(own, 224, after, adaptation.FAST)) == adaptation.FAST
+    method = learned.LearnedMethod(*(lambda *a: None for _ in range(7)))
+    program = learned.learned_program(method, learned_mode="toy", train_steps=10,
+                                      hmc_warmup=20, num_walkers=4, stat_specs=(),
+                                      trained=False)
+
+    def carry(decided, use):
+        gate = gates.undecided()._replace(decided=np.asarray([decided] * 2),
+                                          use_learned=np.asarray([use] * 2))
+        return SimpleNamespace(started=np.asarray([True, True]), gate=gate)
+
+    assert program.mode_of(carry(False, True)) == learned.HMC_MODE
+    assert program.mode_of(carry(True, False)) == learned.HMC_MODE
+    assert program.mode_of(carry(True, True)) != learned.HMC_MODE
+
+

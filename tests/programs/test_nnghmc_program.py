@@ -109,19 +109,26 @@ def test_trains_after_follows_first_and_every():
 def test_the_schedule_of_a_fresh_chain_and_of_trained_starts():
     fresh = settings_with()
     train_at, pending = program.schedule(fresh)
-    owed = SimpleNamespace(passed=np.array([True, True]), final_checked=np.array([False, False]))
-    assert pending(owed)  # a passed surrogate is checked again when warm-up ends
-    assert not pending(SimpleNamespace(passed=owed.passed, final_checked=np.array([True, True])))
-    assert not pending(SimpleNamespace(passed=np.array([False, False]),
-                                       final_checked=np.array([False, False])))
+
+    def carry(passed, final_checked, rewarm_owed=(False, False), region_checked=(True, True)):
+        return SimpleNamespace(passed=np.array(passed), final_checked=np.array(final_checked),
+                               rewarm_owed=np.array(rewarm_owed),
+                               region_checked=np.array(region_checked))
+
+    assert pending(carry([True, True], [False, False]))  # a passed surrogate: checked again
+    assert not pending(carry([True, True], [True, True]))
+    assert not pending(carry([False, False], [False, False]))
+    # Handed back to the true gradient too late: a re-warm-up is owed.
+    assert pending(carry([False, False], [True, True], rewarm_owed=[True, True]))
     assert [i for i in range(1000) if train_at(i, 1000)] == [
         i for i in range(1000) if program.trains_after(i, 1000)
     ]
     checked = fresh._replace(trained=object(), checks_region=True)
     train_at, pending = program.schedule(checked)
     assert [i + 1 for i in range(200) if train_at(i, 200)] == [75]
-    assert pending(SimpleNamespace(region_checked=np.array([True, False])))
-    assert not pending(SimpleNamespace(region_checked=np.array([True, True])))
+    assert pending(carry([True, True], [True, True], region_checked=[True, False]))
+    assert not pending(carry([True, True], [True, True]))
+    assert pending(carry([False, False], [True, True], rewarm_owed=[True, True]))
     train_at, pending = program.schedule(checked._replace(checks_region=False))
     assert pending is None and not any(train_at(i, 200) for i in range(200))
 
@@ -337,3 +344,28 @@ def test_final_check_runs_the_gate_until_it_wins_and_its_veto_drops_the_surrogat
     np.testing.assert_allclose(again.gate.hmc_score, 1e-9)
     gate, grads, _ = program.surrogate_gate(settings, jax.random.key(7), won)
     assert not bool(gate.use_learned) and int(grads.max()) == 0  # no true gradient
+
+
+def test_a_chain_handed_back_late_re_warms_on_the_true_gradient():
+    settings = settings_with(LinearLikelihoodGradient(-jnp.ones(())), buffer_size=256, tolerance=1.0)
+    carry = _carry_on_posterior_draws(settings)
+    collected = carry.warmup._replace(welford=carry.warmup.welford._replace(
+        count=jnp.full(2, 40.0)))
+    checked = program.final_check(settings, jax.random.key(5), carry._replace(warmup=collected))
+    # The veto hands the chains back: the variance collected under the surrogate is
+    # dropped, and with no true-gradient warm-up since, a re-warm-up is owed.
+    assert not bool(checked.passed.any()) and bool(checked.rewarm_owed.all())
+    assert float(checked.warmup.welford.count.max()) == 0.0
+    _, pending = program.schedule(settings)
+    assert pending(checked)
+    # (pooled_step routes owing chains to rewarm_chains; this surrogate cannot be fitted,
+    # so its other branch cannot be traced here.)
+    step = jax.jit(lambda k, c: program.rewarm_chains(settings, k, c))
+    rewarmed = step(jax.random.key(6), checked._replace(pending_grad_evals=jnp.full(2, 7)))
+    assert not pending(rewarmed) and not bool(rewarmed.rewarm_owed.any())
+    assert not bool(rewarmed.passed.any())
+    # Every trajectory's gradients are counted, on top of what was pending.
+    assert int(rewarmed.pending_grad_evals.min()) > 7 + program.rewarms.REWARM
+    assert int(rewarmed.true_since.min()) == program.rewarms.REWARM
+    step_size, _ = jax.vmap(adaptation.warmup_final)(rewarmed.warmup)
+    assert bool(jnp.all(jnp.isfinite(step_size)))
