@@ -6,9 +6,10 @@ Li, Holbrook, Shahbaba & Baldi, "Neural network gradient Hamiltonian Monte Carlo
 * ``GradientBuffer`` -- a fixed-size ring buffer of training pairs (x, ∇ℓ(x)), where ℓ is
   the part of the log density the network learns (likelihood and potentials; the prior's
   gradient is added exactly). Fixed shapes and a traced count, so it lives in a jitted carry.
-* ``build_kernel`` -- one HMC transition on any field, with two warm-up extras: every
-  leapfrog step up to the proposal can be *recorded* (the paper's training data: the pairs
-  along every trajectory, rejected ones included), and the trajectory can be *continued past the
+* ``build_kernel`` -- one HMC transition on any field, with two warm-up extras: the
+  leapfrog steps up to the proposal can be *recorded* (the paper's training data: pairs
+  along every trajectory, rejected ones included; at most ``RECORDS_PER_TRAJECTORY`` of
+  them, evenly spaced), and the trajectory can be *continued past the
   proposal* until its first U-turn, (x_t − x_0)·M⁻¹p_t < 0 (Hoffman & Gelman 2014, eq. 9),
   to learn how long trajectories should be. The continuation never changes the proposal:
   the MH test is on the state after exactly ``num_steps`` steps, as in ``kernels/hmc.py``.
@@ -42,15 +43,25 @@ from pymc_neural_steps.kernels.hmc import (
 )
 
 __all__ = [
+    "RECORDS_PER_TRAJECTORY",
     "GradientBuffer",
     "NNgHMCInfo",
     "buffer_init",
     "buffer_push",
+    "buffer_push_many",
     "build_kernel",
     "paired_acceptance",
 ]
 
 Field = Callable[[jax.Array], tuple[jax.Array, jax.Array, Any]]
+
+# Pairs recorded per trajectory, evenly spaced along it (every step of a shorter one).
+# Successive leapfrog pairs are nearly copies of each other; a long trajectory (hundreds
+# of steps on a posterior a diagonal mass matrix cannot whiten) would otherwise fill the
+# buffer with a handful of trajectories. And the sample is small enough to carry through
+# the leapfrog loop: carrying the whole buffer made every step of a vmapped chain copy it
+# (NNgHMC's warm-up 30x slower per gradient than JaxHMC's on the calendar-year regression).
+RECORDS_PER_TRAJECTORY = 16
 
 
 class GradientBuffer(NamedTuple):
@@ -78,6 +89,29 @@ def buffer_push(buffer: GradientBuffer, position, gradient, keep) -> GradientBuf
     return GradientBuffer(positions, gradients, buffer.count + keep.astype(jnp.int64))
 
 
+def buffer_push_many(buffer: GradientBuffer, positions, gradients, n) -> GradientBuffer:
+    """Write the first ``n`` (traced) rows of ``positions`` / ``gradients`` (k, d), in order,
+    as ``buffer_push`` would one by one; k must not exceed the capacity."""
+    capacity, k = buffer.positions.shape[0], positions.shape[0]
+    slots = (buffer.count + jnp.arange(k)) % capacity
+    keep = (jnp.arange(k) < n)[:, None]
+    new_positions = jnp.where(keep, positions, buffer.positions[slots])
+    new_gradients = jnp.where(keep, gradients, buffer.gradients[slots])
+    return GradientBuffer(
+        buffer.positions.at[slots].set(new_positions),
+        buffer.gradients.at[slots].set(new_gradients),
+        buffer.count + jnp.asarray(n, jnp.int64),
+    )
+
+
+class _Recorded(NamedTuple):
+    """The pairs one trajectory records (carried through its leapfrog loop)."""
+
+    positions: jax.Array  # (k, d)
+    aux: Any  # what the field records, each leaf with a leading k axis
+    count: jax.Array
+
+
 class NNgHMCInfo(NamedTuple):
     acceptance_rate: jax.Array
     is_accepted: jax.Array
@@ -103,7 +137,7 @@ class _Trajectory(NamedTuple):
     turned: jax.Array
     uturn_steps: jax.Array
     stopped: jax.Array
-    record_state: Any
+    recorded: Any  # _Recorded, or None when nothing is recorded
 
 
 def build_kernel(
@@ -114,6 +148,7 @@ def build_kernel(
     find_uturn: bool = False,
     max_steps: int = 1024,
     record: Callable | None = None,
+    records: int = RECORDS_PER_TRAJECTORY,
     divergence_threshold: float = DIVERGENCE_THRESHOLD,
 ):
     """An HMC transition on ``field`` with the MH test on the true log density.
@@ -131,9 +166,11 @@ def build_kernel(
         Continue the trajectory past ``num_steps`` until its first U-turn (or a divergence,
         or ``max_steps``) and report the step. Costs field evaluations, never the proposal.
     record
-        ``record(record_state, x, aux, ok) -> record_state``, called after every step; ``ok``
-        is False past the proposal (the U-turn continuation) and once the trajectory has
-        become non-finite or divergent.
+        ``record(record_state, positions, aux, n) -> record_state``, called once per
+        transition with the pairs its trajectory recorded: the first ``n`` of ``records``
+        rows (leaves of ``aux`` have the same leading axis). Steps ``s, 2s, ...`` are
+        recorded, ``s = ceil(num_steps / records)``, never past the proposal (the U-turn
+        continuation) nor once the trajectory has become non-finite or divergent.
 
     Returns ``kernel(key, state, params, record_state=None, continue_to_uturn=True) ->
     (state, info, record_state)``; ``continue_to_uturn`` (traced) switches the continuation
@@ -147,6 +184,7 @@ def build_kernel(
         momentum = sample_momentum(key_momentum, inverse_mass)
         energy_start = -state.logdensity + kinetic_energy(momentum, inverse_mass)
         x0 = state.position
+        stride = jnp.maximum(1, -(-num_steps // records))
 
         def keep_going(t: _Trajectory):
             go = t.i < num_steps
@@ -165,12 +203,13 @@ def build_kernel(
                 error = -value + kinetic_energy(p, inverse_mass) - energy_start
                 finite = finite & ~jnp.isnan(error) & (error < divergence_threshold)
             stopped = t.stopped | ~finite
-            record_state = t.record_state
+            recorded = t.recorded
             if record is not None:
                 # Only the proposal's own trajectory: the continuation to the U-turn can run
                 # far into the tails (e.g. along a funnel's flat direction), and pairs from
                 # there would dominate the standardisation of the training data.
-                record_state = record(record_state, x, aux, ~stopped & (i <= num_steps))
+                take = ~stopped & (i <= num_steps) & (i % stride == 0) & (t.recorded.count < records)
+                recorded = _take(t.recorded, x, aux, take)
             crossed = ~t.turned & ~stopped & (jnp.dot(x - x0, inverse_mass * p) < 0)
             proposal = jax.tree.map(
                 lambda new, old: jnp.where(i == num_steps, new, old), (x, p, g, value), t.proposal
@@ -185,26 +224,51 @@ def build_kernel(
                 turned=t.turned | crossed,
                 uturn_steps=jnp.where(crossed, i, t.uturn_steps),
                 stopped=stopped,
-                record_state=record_state,
+                recorded=recorded,
             )
 
         start = (x0, momentum, state.gradient, state.logdensity)
         false = jnp.zeros((), bool)
         zero = jnp.zeros((), jnp.int64)
+        recorded = None
+        if record is not None:
+            aux = jax.eval_shape(field, x0)[2]
+            recorded = _Recorded(
+                jnp.zeros((records, *x0.shape), x0.dtype),
+                jax.tree.map(lambda a: jnp.zeros((records, *a.shape), a.dtype), aux),
+                zero,
+            )
         trajectory = jax.lax.while_loop(
             keep_going,
             one_step,
-            _Trajectory(zero, *start, start, false, zero, false, record_state),
+            _Trajectory(zero, *start, start, false, zero, false, recorded),
         )
+        if record is not None:
+            kept = trajectory.recorded
+            record_state = record(record_state, kept.positions, kept.aux, kept.count)
         new_state, info = _metropolis_hastings(
             key_accept, state, trajectory, energy_start, inverse_mass, num_steps,
             logdensity_fn=None if exact else logdensity_fn,
             divergence_threshold=divergence_threshold,
             reports_uturn=continue_to_uturn,
         )
-        return new_state, info, trajectory.record_state
+        return new_state, info, record_state
 
     return kernel
+
+
+def _take(recorded: _Recorded, x, aux, take) -> _Recorded:
+    """``recorded`` with (x, aux) in its next row if ``take`` (traced)."""
+    row = jnp.minimum(recorded.count, recorded.positions.shape[0] - 1)
+
+    def put(rows, value):
+        return rows.at[row].set(jnp.where(take, value, rows[row]))
+
+    return _Recorded(
+        put(recorded.positions, x),
+        jax.tree.map(put, recorded.aux, aux),
+        recorded.count + take.astype(jnp.int64),
+    )
 
 
 def _metropolis_hastings(

@@ -2,9 +2,9 @@
 
 Li, Holbrook, Shahbaba & Baldi, "Neural network gradient Hamiltonian Monte Carlo" (2019);
 ``algorithms.md`` §1. A chain warms up on the true gradient (``programs/hmc.py``'s
-adaptation), recording every leapfrog pair (x, ∇ℓ(x)) in a ring buffer
-(``kernels/nnghmc.py``); on a schedule (``trains_after``) a network is fitted to the
-buffer (``training.fit_gradient_surrogate``) and assessed against the true gradient on
+adaptation), recording leapfrog pairs (x, ∇ℓ(x)) in a ring buffer (``kernels/nnghmc.py``:
+up to 16, evenly spaced, per trajectory); on a schedule (``trains_after``) a network is
+fitted to the buffer (``training.fit_gradient_surrogate``) and assessed against the true gradient on
 paired trajectories (``assess``); once it passes, the rest of warm-up and every draw run
 on ∇log prior + ĝ_ℓ, exact by the MH test on the true density. A surrogate reused on
 another model (a prior swap) is checked once on the new posterior
@@ -465,8 +465,9 @@ def transition_kernel(settings: NNgHMCSettings, mode, carry, extras, *, warm):
     if warm and s.trained is None:
         collecting = carry.collecting
 
-        def record(buffer, x, learned_gradient, ok):
-            return kernel_lib.buffer_push(buffer, x, learned_gradient, ok & collecting)
+        def record(buffer, positions, learned_gradients, n):
+            n = jnp.where(collecting, n, 0)
+            return kernel_lib.buffer_push_many(buffer, positions, learned_gradients, n)
 
     return kernel_lib.build_kernel(
         logdensity_fn(target, extras), true_field(target, extras), exact=True,

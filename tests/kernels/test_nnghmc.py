@@ -50,12 +50,12 @@ def test_without_extras_it_is_the_hmc_kernel():
         state = new_ours
 
 
-def test_recording_writes_every_step_up_to_the_proposal_and_continuation_keeps_the_proposal():
+def test_a_short_trajectory_records_every_step_to_the_proposal_and_continuation_keeps_it():
     params = hmc.HMCParams(jnp.asarray(0.05), 1.0 / SCALES**2, jnp.asarray(5))
     state = hmc.init(jnp.array([0.3, -0.2, 1.0, 0.5]), logdensity)
 
-    def record(buffer, x, aux, ok):
-        return K.buffer_push(buffer, x, aux, ok)
+    def record(buffer, xs, aux, n):
+        return K.buffer_push_many(buffer, xs, aux, n)
 
     plain = K.build_kernel(logdensity, exact_field, exact=True)
     extended = K.build_kernel(logdensity, exact_field, exact=True, find_uturn=True, record=record)
@@ -71,6 +71,41 @@ def test_recording_writes_every_step_up_to_the_proposal_and_continuation_keeps_t
     assert int(buffer.count) == 5
     xs, gs = buffer.positions[:5], buffer.gradients[:5]
     np.testing.assert_allclose(gs, jax.vmap(jax.grad(logdensity))(xs), rtol=1e-12)
+
+
+def test_many_rows_are_pushed_as_one_by_one():
+    one = many = K.buffer_init(5, 2)
+    rows = jnp.arange(8.0).reshape(4, 2)
+    for i in range(3):
+        one = K.buffer_push(one, rows[i], -rows[i], jnp.asarray(True))
+    one = K.buffer_push(one, rows[0], -rows[0], jnp.asarray(True))
+    many = K.buffer_push_many(many, rows, -rows, jnp.asarray(3))  # row 3 not kept
+    many = K.buffer_push_many(many, rows[:1], -rows[:1], jnp.asarray(1))
+    for a, b in zip(one, many):
+        np.testing.assert_array_equal(a, b)
+    # wrapping round the ring
+    wrapped = K.buffer_push_many(many, rows, -rows, jnp.asarray(4))
+    assert int(wrapped.count) == 8
+    np.testing.assert_array_equal(wrapped.positions[:, 0], [2.0, 4.0, 6.0, 0.0, 0.0])
+
+
+def test_a_long_trajectory_records_evenly_spaced_steps():
+    params = hmc.HMCParams(jnp.asarray(0.01), 1.0 / SCALES**2, jnp.asarray(100))
+    state = hmc.init(jnp.array([0.3, -0.2, 1.0, 0.5]), logdensity)
+
+    def record(buffer, xs, aux, n):
+        return K.buffer_push_many(buffer, xs, aux, n)
+
+    kernel = K.build_kernel(logdensity, exact_field, exact=True, record=record, records=8)
+    _, _, buffer = kernel(jax.random.key(2), state, params, K.buffer_init(64, DIM))
+    # ceil(100 / 8) = 13: steps 13, 26, ..., 91 (7 rows; 104 is past the proposal)
+    assert int(buffer.count) == 7
+    xs, gs = buffer.positions[:7], buffer.gradients[:7]
+    np.testing.assert_allclose(gs, jax.vmap(jax.grad(logdensity))(xs), rtol=1e-12)
+    # the same points as the trajectory's own steps 13, 26, ...
+    path = K.build_kernel(logdensity, exact_field, exact=True, record=record, records=100)
+    _, _, every = path(jax.random.key(2), state, params, K.buffer_init(128, DIM))
+    np.testing.assert_allclose(xs, every.positions[12:91:13], rtol=1e-12)
 
 
 def test_first_uturn_of_a_whitened_gaussian_is_near_pi():
