@@ -1,10 +1,13 @@
 """Posteriors nobody tuned for, sampled with the defaults: each method must converge
 (R-hat, ESS) and be exact (z-scores against the known answer), whatever its learned part
-decided. Slow (minutes per method): run with --runslow.
+decided. In the default suite: the regression below caught the fallback bug of issue 14
+(the code before the fix fails it, R-hat 1.013 and 1.037); 20-50 s per method.
 
 The calendar-year regression is the case that returned R-hat 1.5-3 from NNgHMC and L2HMC
 before the checks of issue 14 (NNgHMC's re-check at the draws' settings, the learned
-kernels' mixing gate); docs/robustness.md has the figures."""
+kernels' mixing gate) and, until 2026-12-03, from a fallback to HMC whose warm-up training
+had cut short (NNgHMC R-hat 1.01 / tail ESS 340, L2HMC 1.04 / ESS 206); all four pass now.
+docs/robustness.md has the figures."""
 
 import warnings
 
@@ -14,20 +17,9 @@ import pytest
 import pymc_neural_steps as pns
 from pymc_neural_steps.testing import calendar_year_regression, check_exactness
 
-# Known shortfalls (issue 14, measured 2026-12-02 on the known-noise form here): NNgHMC
-# ends at R-hat 1.01 / tail ESS 340; L2HMC's gate falls back to HMC, whose re-adaptation in
-# the warm-up left after training is too short (R-hat 1.04, ESS 206). Strict: a fix that
-# makes them pass must remove the mark.
-SHORT = "issue 14: does not converge on this posterior yet (docs/robustness.md)"
-METHODS = [
-    "JaxHMC",
-    pytest.param("NNgHMC", marks=pytest.mark.xfail(strict=True, reason=SHORT)),
-    pytest.param("L2HMC", marks=pytest.mark.xfail(strict=True, reason=SHORT)),
-    "EntropyFlowMC",
-]
+METHODS = ["JaxHMC", "NNgHMC", "L2HMC", "EntropyFlowMC"]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_an_uncentred_regression_converges_with_the_defaults(method):
     reference = calendar_year_regression()
