@@ -8,12 +8,14 @@ own summary). Slow: PyMC's NUTS passes the exactness check on each posterior it 
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pymc as pm
 import pytest
 from scipy import special, stats
 
+import pymc_neural_steps as pns
 from pymc_neural_steps import testing
 from pymc_neural_steps.testing import check_exactness, from_one_based
 from pymc_neural_steps.testing.posteriordb import POSTERIORS, posteriordb_data
@@ -204,3 +206,24 @@ def test_nuts_passes(name):
         result = pm.sample(draws=2000, tune=1000, chains=2, cores=1, random_seed=17, progressbar=False,
                            compute_convergence_checks=False, nuts_sampler="pymc", target_accept=0.9)
     check_exactness(result, reference).assert_passed()
+
+
+# --- slow: every method of this package, defaults, on four of them ---------------------------
+
+# Four that every method passes (measured 2026-12-03: 16 passed in 5 min, persistent
+# compilation cache warm; the robustness suite in docs/robustness.md has the rest):
+# a hierarchy, an interaction regression, a log-scale regression, a 5-parameter regression.
+FOR_EVERY_METHOD = ("eight_schools_noncentered", "kidscore_interaction_c", "mesquite", "sblrc_blr")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["JaxHMC", "NNgHMC", "L2HMC", "EntropyFlowMC"])
+@pytest.mark.parametrize("name", FOR_EVERY_METHOD)
+def test_every_method_passes_with_the_defaults(name, method):
+    reference = testing.REFERENCES[name]()
+    with reference.build_model() as model, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a gate's fallback warns; allowed
+        result = pns.sample(getattr(pns, method)(), draws=1000, tune=1000, chains=4,
+                            random_seed=20240601, progressbar=False,
+                            compute_convergence_checks=False, model=model)
+    check_exactness(result, reference, threshold=4.5, max_rhat=1.01).assert_passed()
