@@ -153,28 +153,19 @@ def build_kernel(
 ):
     """An HMC transition on ``field`` with the MH test on the true log density.
 
-    Parameters
-    ----------
-    logdensity_fn
-        The true log density (evaluated once, at the proposal, when ``exact`` is False).
-    field
-        ``x -> (value, ∇log p(x) or a surrogate of it, aux)``.
-    exact
-        Whether ``field`` is the true gradient (its ``value`` is then the log density, and
-        its evaluations are counted as gradients, not as surrogate evaluations).
-    find_uturn
-        Continue the trajectory past ``num_steps`` until its first U-turn (or a divergence,
-        or ``max_steps``) and report the step. Costs field evaluations, never the proposal.
-    record
-        ``record(record_state, positions, aux, n) -> record_state``, called once per
-        transition with the pairs its trajectory recorded: the first ``n`` of ``records``
-        rows (leaves of ``aux`` have the same leading axis). Steps ``s, 2s, ...`` are
-        recorded, ``s = ceil(num_steps / records)``, never past the proposal (the U-turn
-        continuation) nor once the trajectory has become non-finite or divergent.
+    ``field(x) -> (value, ∇log p(x) or a surrogate of it, aux)``; ``logdensity_fn``, the
+    true log density, is evaluated once, at the proposal, unless ``exact`` (then ``field``'s
+    value is it, and its evaluations count as gradients). ``find_uturn``: continue past
+    ``num_steps`` to the first U-turn (or a divergence, or ``max_steps``) and report its
+    step; it costs field evaluations and never changes the proposal. ``record(record_state,
+    positions, aux, n) -> record_state`` is called once per transition with the first ``n``
+    of ``records`` rows its trajectory recorded (leaves of ``aux`` with the same leading
+    axis): steps s, 2s, ..., s = ceil(num_steps / records), never past the proposal nor
+    once the trajectory has become non-finite or divergent.
 
     Returns ``kernel(key, state, params, record_state=None, continue_to_uturn=True) ->
     (state, info, record_state)``; ``continue_to_uturn`` (traced) switches the continuation
-    of ``find_uturn`` off for this transition, which then reports no U-turn.
+    off for this transition, which then reports no U-turn.
     """
 
     def kernel(key, state: HMCState, params: HMCParams, record_state=None, continue_to_uturn=True):
@@ -230,14 +221,7 @@ def build_kernel(
         start = (x0, momentum, state.gradient, state.logdensity)
         false = jnp.zeros((), bool)
         zero = jnp.zeros((), jnp.int64)
-        recorded = None
-        if record is not None:
-            aux = jax.eval_shape(field, x0)[2]
-            recorded = _Recorded(
-                jnp.zeros((records, *x0.shape), x0.dtype),
-                jax.tree.map(lambda a: jnp.zeros((records, *a.shape), a.dtype), aux),
-                zero,
-            )
+        recorded = None if record is None else _nothing_recorded(field, x0, records)
         trajectory = jax.lax.while_loop(
             keep_going,
             one_step,
@@ -255,6 +239,16 @@ def build_kernel(
         return new_state, info, record_state
 
     return kernel
+
+
+def _nothing_recorded(field: Field, x0, records: int) -> _Recorded:
+    """An empty sample of ``records`` rows shaped like ``field``'s positions and aux."""
+    aux = jax.eval_shape(field, x0)[2]
+    return _Recorded(
+        jnp.zeros((records, *x0.shape), x0.dtype),
+        jax.tree.map(lambda a: jnp.zeros((records, *a.shape), a.dtype), aux),
+        jnp.zeros((), jnp.int64),
+    )
 
 
 def _take(recorded: _Recorded, x, aux, take) -> _Recorded:
