@@ -211,8 +211,8 @@ class TrainedKernelStep:
             )
             warnings.warn(
                 f"{self.kind}: the trained kernel mixed worse than true-gradient HMC on "
-                f"pilots from the same walkers: {why}. So {which} went on with HMC for the "
-                "rest of warm-up (adapting) and the draws. The draws are exact; their cost "
+                f"pilots from the same walkers: {why}. So {which} drew with HMC, tuned "
+                "over the whole warm-up as JaxHMC would be. The draws are exact; their cost "
                 "is HMC's. A longer tune or train_steps may let the kernel win.",
                 UserWarning,
                 stacklevel=3,

@@ -254,8 +254,8 @@ class LearnedMethod(NamedTuple):
 
     ``hmc_iteration(key, carry, extras, tuning, code) -> (carry, position, stats)``: one HMC
     iteration, adapting when ``tuning`` (static), with the kernel's stats before training's;
-    ``code`` is the driver's window code, which a chain the gate sent back to HMC follows
-    (before training the HMC warm-up follows its own ``hmc_warmup``-long schedule).
+    ``code`` is the driver's window code, which the chain's HMC follows once its own
+    ``hmc_warmup``-long schedule is over (``hmc_code``).
     ``learned_iteration(key, carry, extras) -> (carry, position, stats)``: one transition
     of the learned kernel. ``start_chain(key, carry)`` / ``pooled_start(key, batched)``:
     fix the whitening and start training (one chain / all chains at once). ``run_round(
