@@ -10,8 +10,8 @@ slowest direction; divided by the true gradients per transition, that is the sco
 The learned kernel is used if its estimate is *resolved* (its autocorrelation died out
 within the pilot, so the figure is a measurement, not a bound) and its score beats
 HMC's. Otherwise the chain draws with HMC, which it has run (and tuned, on Stan's
-schedule of the whole warm-up) until the gate decided (``programs/learned.py``). Acceptance rates play no part: a kernel can accept most of
-its moves and still not move.
+schedule of the whole warm-up) until the gate decided (``programs/learned.py``).
+Acceptance rates play no part: a kernel can accept most of its moves and still not move.
 
 Cost is counted in true gradients, the unit the library reports: on a model whose
 gradient is cheap next to the networks this favours the learned kernel (the networks'

@@ -4,8 +4,8 @@ Li, Holbrook, Shahbaba & Baldi, "Neural network gradient Hamiltonian Monte Carlo
 ``algorithms.md`` §1. A chain warms up on the true gradient (``programs/hmc.py``'s
 adaptation), recording leapfrog pairs (x, ∇ℓ(x)) in a ring buffer (``kernels/nnghmc.py``:
 up to 16, evenly spaced, per trajectory); on a schedule (``trains_after``) a network is
-fitted to the buffer (``training.fit_gradient_surrogate``) and assessed against the true gradient on
-paired trajectories (``assess``); once it passes, the rest of warm-up and every draw run
+fitted to the buffer (``training.fit_gradient_surrogate``) and assessed against the true
+gradient on paired trajectories (``assess``); once it passes, the rest of warm-up and every draw run
 on ∇log prior + ĝ_ℓ, exact by the MH test on the true density. A surrogate reused on
 another model (a prior swap) is checked once on the new posterior
 (``pooled_region_check``). Each piece is a function of its own:
@@ -958,14 +958,12 @@ def pooled_step(settings: NNgHMCSettings, key, carry: NNgHMCCarry) -> NNgHMCCarr
     """What the drivers' training call does: re-adapt chains handed back late
     (``rewarm_chains``), or train, check a passed surrogate at the end of warm-up
     (``final_check``), or check a trained start once."""
-    if settings.checks_region or settings.trained is None:
-        return jax.lax.cond(
-            jnp.all(carry.rewarm_owed),
-            lambda c: rewarm_chains(settings, key, c),
-            lambda c: _checked_step(settings, key, c),
-            carry,
-        )
-    return _checked_step(settings, key, carry)
+    return jax.lax.cond(
+        jnp.all(carry.rewarm_owed),
+        lambda c: rewarm_chains(settings, key, c),
+        lambda c: _checked_step(settings, key, c),
+        carry,
+    )
 
 
 def _checked_step(settings: NNgHMCSettings, key, carry: NNgHMCCarry) -> NNgHMCCarry:

@@ -16,11 +16,10 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from pymc_neural_steps import adaptation
 
-__all__ = ["ENOUGH", "REWARM", "rewarm", "rewarm_codes"]
+__all__ = ["ENOUGH", "REWARM", "rewarm"]
 
 # Iterations of the re-warm-up: Stan's short schedule (15 % step size, a 75-iteration
 # window, 10 % step size).
@@ -30,17 +29,14 @@ REWARM = 100
 ENOUGH = 150
 
 
-def rewarm_codes(length: int = REWARM) -> np.ndarray:
-    return adaptation.window_codes(length)
-
-
 def rewarm(tune: Callable, key, carry, codes=None):
     """Run ``tune(key, carry, code) -> (carry, position, stats)`` (one chain, the true
-    gradient, adapting) once per code of ``codes`` (default ``rewarm_codes()``).
+    gradient, adapting) once per code of ``codes`` (default Stan's schedule of
+    ``REWARM`` iterations).
 
     Returns (carry, the stats summed over the iterations): counts such as
     ``n_grad_evals`` (``stats[3]``, ``programs.base.COMMON_STATS``) are then totals."""
-    codes = jnp.asarray(rewarm_codes() if codes is None else codes)
+    codes = jnp.asarray(adaptation.window_codes(REWARM) if codes is None else codes)
 
     def body(c, xs):
         k, code = xs

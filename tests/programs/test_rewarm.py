@@ -19,7 +19,7 @@ def test_it_runs_the_short_schedule_and_sums_the_stats():
         return carry + 1, jnp.zeros(2), jnp.stack([code * 1.0, 0.0, 0.0, 3.0])
 
     carry, totals = rewarms.rewarm(tune, jax.random.key(0), jnp.zeros((), int))
-    codes = rewarms.rewarm_codes()
+    codes = adaptation.window_codes(rewarms.REWARM)
     assert int(carry) == rewarms.REWARM == codes.shape[0]
     assert float(totals[3]) == 3.0 * rewarms.REWARM  # e.g. n_grad_evals: the total
     assert float(totals[0]) == float(np.sum(codes))  # the codes, in order and once each
