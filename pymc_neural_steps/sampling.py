@@ -24,6 +24,7 @@ from pymc.stats.convergence import log_warnings, run_convergence_checks
 
 from pymc_neural_steps import adaptation
 from pymc_neural_steps._compat import build_result
+from pymc_neural_steps.placement import ChainPlacement
 from pymc_neural_steps.programs.base import (
     DEFAULT_MODE,
     TRAINING_TIME_STAT,
@@ -85,8 +86,9 @@ def _initial_positions(
 class _BatchedProgram:
     """Jitted runners over all chains (the leading axis of every carry array)."""
 
-    def __init__(self, program: ChainProgram):
+    def __init__(self, program: ChainProgram, placement: ChainPlacement):
         self.program = program
+        self.placement = placement
 
         def tune_chunk(carry, seeds, iterations, codes, mode):
             def body(carry, inputs):
@@ -115,18 +117,38 @@ class _BatchedProgram:
                 return program.pooled_train(keys[0], carry)
             return jax.vmap(program.train)(keys, carry)
 
-        self.init = jax.jit(jax.vmap(lambda x: program.init(x, ())))
-        self.tune_chunk = jax.jit(tune_chunk, static_argnames="mode")
-        self.draw_chunk = jax.jit(draw_chunk, static_argnames="mode")
-        self.end_tune = jax.jit(program.pooled_end_tune or jax.vmap(program.end_tune))
-        self.train = None if program.train is None else jax.jit(train)
+        jit = placement.jit
+        chunk_out = ("carry", ("trace", "trace"))
+        self.init = jit(jax.vmap(lambda x: program.init(x, ())), "carry")
+        self.tune_chunk = jit(tune_chunk, chunk_out, static_argnames="mode")
+        self.draw_chunk = jit(draw_chunk, chunk_out, static_argnames="mode")
+        if program.pooled_end_tune is not None:
+            self.end_tune = placement.pooled(jax.jit(program.pooled_end_tune))
+        else:
+            self.end_tune = jit(jax.vmap(program.end_tune), "carry")
+        if program.train is None:
+            self.train = None
+        elif program.pooled_train is not None:
+            self.train = placement.pooled(jax.jit(train))
+        else:
+            self.train = jit(train, "carry")
+
+    def host_view(self, carry):
+        """``carry`` as the program's host-side queries may read it: with several
+        processes, a host copy of every chain's part (a process sees only its own)."""
+        return self.placement.fetch(carry) if self.placement.multi_process else carry
 
     def mode(self, carry) -> str:
-        return DEFAULT_MODE if self.program.mode_of is None else self.program.mode_of(carry)
+        mode_of = self.program.mode_of
+        return DEFAULT_MODE if mode_of is None else mode_of(self.host_view(carry))
 
     def done_training(self, carry) -> bool:
         done = self.program.done_training
-        return done is not None and bool(done(carry))
+        return done is not None and bool(done(self.host_view(carry)))
+
+    def train_pending(self, carry) -> bool:
+        pending = self.program.train_pending
+        return pending is not None and bool(pending(self.host_view(carry)))
 
     def tune_segments(self, tune: int, chunk: int) -> list[tuple[int, int, bool]]:
         """(begin, end, train after end) pieces of warm-up, split where training happens."""
@@ -159,6 +181,7 @@ def sample(
     chunk_size: int | None = None,
     model: pm.Model | None = None,
     compute_convergence_checks: bool = True,
+    devices: int | Sequence | None = None,
 ):
     """Sample all chains of ``step`` at once; returns what ``pm.sample`` returns.
 
@@ -178,6 +201,13 @@ def sample(
     compute_convergence_checks
         Run ``pm.sample``'s checks on the result (R-hat, effective sample size,
         divergences) and log its warnings, in its words and at its thresholds.
+    devices
+        The devices the chains are split over, evenly (``placement.choose_devices``):
+        ``None`` for every device JAX sees (on one process, as many as divide ``chains``),
+        an int for the first that many, or a sequence of ``jax.Device``. After
+        ``jax.distributed.initialize()`` the devices of every process take part: each
+        process runs its share of the chains and returns the whole result. The same seed
+        gives the same draws whatever the devices (docs/scaling.md).
 
     Ctrl-C stops sampling between chunks and returns the draws made so far; interrupted
     before the first draw, it returns the warm-up iterations made so far (a warm-up group
@@ -208,7 +238,9 @@ def sample(
 
     wall_start = time.perf_counter()
     target, program = step.chain_program()
-    run = _Run(program, chains, progress=_Progress(tune + draws, chains, enabled=progressbar))
+    placement = ChainPlacement.for_chains(chains, devices)
+    progress = _Progress(tune + draws, chains, enabled=progressbar and placement.is_lead())
+    run = _Run(program, chains, placement, progress=progress)
     try:
         carry, seeds = _start(run, model, target, chains, random_seed, initvals, jitter)
         carry = _warm_up(run, step, carry, seeds, tune, chunk_size)
@@ -223,16 +255,19 @@ def sample(
         run, model, target, step, tune,
         keep_warmup=(not discard_tuned_samples and tune > 0) or not run.draw_positions,
         total_time=time.perf_counter() - wall_start,
-        compute_convergence_checks=compute_convergence_checks and not run.interrupted,
+        compute_convergence_checks=(
+            compute_convergence_checks and not run.interrupted and placement.is_lead()
+        ),
     )
 
 
 class _Run:
     """What one ``sample`` call has made so far: draws, stats and timings, per phase."""
 
-    def __init__(self, program: ChainProgram, chains: int, progress):
+    def __init__(self, program: ChainProgram, chains: int, placement: ChainPlacement, progress):
         self.program = program
-        self.runner = _BatchedProgram(program)
+        self.placement = placement
+        self.runner = _BatchedProgram(program, placement)
         self.chains = chains
         self.progress = progress
         self.warm_positions: list[np.ndarray] = []
@@ -246,6 +281,12 @@ class _Run:
         names = [spec.name for spec in program.stat_specs]
         self._time_column = names.index(TRAINING_TIME_STAT) if TRAINING_TIME_STAT in names else None
         self._pending_time = 0.0
+
+    def keep(self, positions: list, stats: list, chunk) -> None:
+        """Bring a chunk's (positions, stats) to the host and keep them."""
+        pos, st = self.placement.fetch(chunk)
+        positions.append(pos)
+        stats.append(self.host_stats(st))
 
     def host_stats(self, st) -> np.ndarray:
         st = np.array(st)
@@ -269,31 +310,32 @@ def _start(run: _Run, model, target: Target, chains, random_seed, initvals, jitt
     chain_seeds = [int(s.generate_state(2, np.uint64)[0] >> np.uint64(2)) for s in seed_seq.spawn(chains)]
     init_seeds = [int(s.generate_state(1)[0]) for s in seed_seq.spawn(chains)]
     positions = _initial_positions(model, target, chains, init_seeds, initvals, jitter)
-    seeds = jnp.asarray(chain_seeds, dtype=jnp.int64)
-    return run.runner.init(jnp.asarray(positions)), seeds
+    seeds = run.placement.put(np.asarray(chain_seeds, dtype=np.int64))
+    return run.runner.init(run.placement.put(positions)), seeds
 
 
 def _warm_up(run: _Run, step: NeuralStep, carry, seeds, tune: int, chunk_size):
     """Every warm-up iteration and training run, then the end of warm-up (frozen carry)."""
-    runner, program = run.runner, run.program
+    runner, program, place = run.runner, run.program, run.placement
     start = time.perf_counter()
     mode = runner.mode(carry)
     codes = adaptation.window_codes(tune) if tune > 0 else np.zeros(0, np.int8)
     for begin, end, train_after in runner.tune_segments(tune, _chunk_size(tune, chunk_size) if tune else 1):
-        carry, (pos, st) = runner.tune_chunk(
-            carry, seeds, jnp.arange(begin, end), jnp.asarray(codes[begin:end]), mode=mode
+        carry, chunk = runner.tune_chunk(
+            carry, seeds, place.put_replicated(np.arange(begin, end)),
+            place.put_replicated(codes[begin:end]), mode=mode,
         )
-        run.warm_positions.append(np.asarray(pos))
-        run.warm_stats.append(run.host_stats(st))
+        run.keep(run.warm_positions, run.warm_stats, chunk)
         if train_after and not runner.done_training(carry):
             carry = run.train(carry, seeds, end - 1)
             mode = runner.mode(carry)
         run.progress.update(end - begin, "warm-up")
-    while program.train_pending is not None and program.train_pending(carry):
+    while runner.train_pending(carry):
         carry = run.train(carry, seeds, max(tune - 1, 0))
     carry = jax.block_until_ready(runner.end_tune(carry))
     run.tuning_time = time.perf_counter() - start
-    step.finish_warmup(carry, batched=True, training_time=run.training_time)
+    host_carry = place.fetch(carry) if place.sharded else carry
+    step.finish_warmup(host_carry, batched=True, training_time=run.training_time)
     return carry
 
 
@@ -303,10 +345,9 @@ def _draw(run: _Run, carry, seeds, tune: int, draws: int, chunk_size) -> None:
     size = _chunk_size(draws, chunk_size)
     for begin in range(0, draws, size):
         end = min(begin + size, draws)
-        iterations = jnp.arange(tune + begin, tune + end)
-        carry, (pos, st) = run.runner.draw_chunk(carry, seeds, iterations, mode=mode)
-        run.draw_positions.append(np.asarray(pos))
-        run.draw_stats.append(run.host_stats(st))
+        iterations = run.placement.put_replicated(np.arange(tune + begin, tune + end))
+        carry, chunk = run.runner.draw_chunk(carry, seeds, iterations, mode=mode)
+        run.keep(run.draw_positions, run.draw_stats, chunk)
         run.progress.update(end - begin, "sampling")
     run.sampling_time = time.perf_counter() - start
 
@@ -331,6 +372,7 @@ def _result(run: _Run, model, target: Target, step, tune, *, keep_warmup, total_
         "total_time": total_time,
         "step_method": type(step).__name__,
         "interrupted": int(run.interrupted),
+        "devices": run.placement.describe(),
         **_gate_attrs(step),
     }
     (posterior, stats), (warm_posterior, warm_stats) = parts["posterior"], parts["warmup"]
