@@ -38,6 +38,7 @@ __all__ = [
     "warmup_final",
     "warmup_init",
     "warmup_update",
+    "welford_covariance",
     "welford_init",
     "welford_update",
     "welford_variance",
@@ -96,23 +97,34 @@ def dual_averaging_update(
     return DualAveragingState(log_eps, log_eps_avg, t, error_avg, state.mu)
 
 
-def welford_init(dim: int) -> WelfordState:
+def welford_init(dim: int, dense: bool = False) -> WelfordState:
+    """Running moments of ``dim``-vectors: variances (``m2`` of shape (d,)) or, ``dense``,
+    the whole covariance (``m2`` of shape (d, d))."""
     zeros = jnp.zeros(dim, jnp.float64)
-    return WelfordState(jnp.zeros((), jnp.float64), zeros, zeros)
+    m2 = jnp.zeros((dim, dim), jnp.float64) if dense else zeros
+    return WelfordState(jnp.zeros((), jnp.float64), zeros, m2)
 
 
 def welford_update(state: WelfordState, x: jax.Array) -> WelfordState:
     count = state.count + 1.0
     delta = x - state.mean
     mean = state.mean + delta / count
-    m2 = state.m2 + delta * (x - mean)
+    if state.m2.ndim == 2:
+        m2 = state.m2 + jnp.outer(delta, x - mean)
+    else:
+        m2 = state.m2 + delta * (x - mean)
     return WelfordState(count, mean, m2)
+
+
+def welford_covariance(state: WelfordState) -> jax.Array:
+    """The sample (co)variance, unregularised (``m2 / (n − 1)``; 0 for fewer than 2 points)."""
+    return state.m2 / jnp.maximum(state.count - 1.0, 1.0)
 
 
 def welford_variance(state: WelfordState) -> jax.Array:
     """Stan's regularised variance: shrunk towards 1e-3 with weight 5 / (n + 5)."""
     n = state.count
-    variance = state.m2 / jnp.maximum(n - 1.0, 1.0)
+    variance = welford_covariance(state)
     return (n / (n + 5.0)) * variance + 1e-3 * (5.0 / (n + 5.0))
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "log_det",
     "regularise_covariance",
     "scale_from_inverse_mass",
+    "smallest_correlation_eigenvalue",
     "to_white",
 ]
 
@@ -104,3 +105,17 @@ def regularise_covariance(cov: jax.Array, count, shrink_to_diagonal: float = 5.0
     cov = keep * cov + (1.0 - keep) * jnp.diag(jnp.diagonal(cov))
     stan = count / (count + 5.0)
     return stan * cov + 1e-3 * (1.0 - stan) * jnp.eye(cov.shape[-1], dtype=cov.dtype)
+
+
+def smallest_correlation_eigenvalue(diagonal_inverse_mass: jax.Array,
+                                    covariance: jax.Array) -> jax.Array:
+    """λ_min(D^{-1/2} Σ D^{-1/2}): the variance of the narrowest direction of a target of
+    covariance Σ after the diagonal whitening D (a diagonal inverse mass matrix).
+
+    HMC's step is limited by that direction's standard deviation, so √λ_min says how much
+    larger a step a dense whitening by Σ itself affords (both learned methods start from it).
+    """
+    d = jnp.sqrt(diagonal_inverse_mass)
+    correlation = covariance / (d[:, None] * d[None, :])
+    return jnp.linalg.eigvalsh(correlation)[0]
+

@@ -42,6 +42,22 @@ def test_welford_matches_numpy():
     np.testing.assert_allclose(ad.welford_variance(state), expected, rtol=1e-10)
 
 
+def test_dense_welford_matches_numpy():
+    x = np.random.default_rng(1).normal(size=(300, 3)) @ np.array(
+        [[1.0, 0.5, 0.0], [0.0, 2.0, -1.0], [0.0, 0.0, 0.3]]
+    )
+    state = ad.welford_init(3, dense=True)
+    for row in x:
+        state = ad.welford_update(state, jnp.asarray(row))
+    np.testing.assert_allclose(state.mean, x.mean(axis=0), rtol=1e-10)
+    np.testing.assert_allclose(ad.welford_covariance(state), np.cov(x.T), rtol=1e-10)
+    # The diagonal form gives the diagonal of the same estimate.
+    diagonal = ad.welford_init(3)
+    for row in x:
+        diagonal = ad.welford_update(diagonal, jnp.asarray(row))
+    np.testing.assert_allclose(ad.welford_covariance(diagonal), np.diag(np.cov(x.T)), rtol=1e-10)
+
+
 def test_dual_averaging_finds_the_step_size_of_the_target_acceptance():
     # A toy acceptance curve a(ε) = exp(-ε²): the target 0.8 is at ε* = sqrt(-log 0.8).
     update = jax.jit(ad.dual_averaging_update)

@@ -46,3 +46,16 @@ def test_dense_covariance_recovers_a_rotated_covariance_and_shrinks_few_points()
     off = np.abs(np.asarray(few) - np.diag(np.diagonal(few))).max()
     assert off < 0.5 * np.abs(np.asarray(wh.dense_covariance(jnp.asarray(draws[:3]), shrink_to_diagonal=0.0))
                                - np.diag(np.diagonal(few))).max() + 1e-12
+
+
+def test_smallest_correlation_eigenvalue_is_the_narrowest_variance_after_diagonal_whitening():
+    # Two coordinates of sds 10 and 0.1, correlation 0.99: after dividing by the sds the
+    # covariance is [[1, .99], [.99, 1]], whose smallest eigenvalue is 0.01.
+    sds = np.array([10.0, 0.1])
+    covariance = np.array([[1.0, 0.99], [0.99, 1.0]]) * np.outer(sds, sds)
+    value = wh.smallest_correlation_eigenvalue(jnp.asarray(sds**2), jnp.asarray(covariance))
+    np.testing.assert_allclose(value, 0.01, rtol=1e-10)
+    # Uncorrelated: nothing to gain from a dense whitening.
+    np.testing.assert_allclose(
+        wh.smallest_correlation_eigenvalue(jnp.asarray(sds**2), jnp.diag(jnp.asarray(sds**2))), 1.0
+    )

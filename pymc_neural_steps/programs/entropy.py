@@ -109,9 +109,9 @@ class EntropyCarry(NamedTuple):
     warmup_iteration: jax.Array
     center_welford: adaptation.WelfordState
     center_estimate: jax.Array
-    # Dense whitening: running moments of the HMC warm-up's whole slow phase (count, mean,
-    # (d, d) co-moment); a zero-size placeholder for the diagonal whitening.
-    cov_welford: tuple
+    # Dense whitening: running moments of the HMC warm-up's whole slow phase, with the
+    # (d, d) co-moment; zero-size placeholders for the diagonal whitening.
+    cov_welford: adaptation.WelfordState
     recent: jax.Array  # (num_walkers, d): the last HMC warm-up positions, the first walkers
     training: ensemble.TrainingState  # params: FlowNetworks; context: FlowContext
     key: jax.Array  # raw key data of the training randomness, set when training starts
@@ -124,19 +124,6 @@ def preconditioner(context: FlowContext) -> entropy.Preconditioner:
     return entropy.Preconditioner(context.center, context.scale)
 
 
-def dense_welford_init(dim: int, dense: bool):
-    n = dim if dense else 0
-    return (jnp.zeros((), jnp.float64), jnp.zeros(n, jnp.float64), jnp.zeros((n, n), jnp.float64))
-
-
-def dense_welford_update(state, x):
-    count, mean, m2 = state
-    count = count + 1.0
-    delta = x - mean
-    mean = mean + delta / count
-    return count, mean, m2 + jnp.outer(delta, x - mean)
-
-
 def dense_step_size(step_size, diagonal_inverse_mass, covariance):
     """The flow's initial ε under the dense whitening, from HMC's step under the diagonal.
 
@@ -146,9 +133,8 @@ def dense_step_size(step_size, diagonal_inverse_mass, covariance):
     [h, max(h, d^{-1/6})] (MALA's scaling for N(0, I)); training adapts ε from there.
     """
     dim = covariance.shape[-1]
-    d_half = 1.0 / jnp.sqrt(diagonal_inverse_mass)
-    correlation = covariance * d_half[:, None] * d_half[None, :]
-    lam_min = jnp.maximum(jnp.linalg.eigvalsh(correlation)[0], 1e-12)
+    lam_min = whitening.smallest_correlation_eigenvalue(diagonal_inverse_mass, covariance)
+    lam_min = jnp.maximum(lam_min, 1e-12)
     upper = jnp.maximum(step_size, dim ** (-1.0 / 6.0))
     return jnp.clip(step_size / jnp.sqrt(lam_min), step_size, upper)
 
@@ -377,7 +363,7 @@ def init_carry(settings: EntropySettings, trained, position, extras) -> EntropyC
         warmup_iteration=jnp.zeros((), jnp.int64),
         center_welford=adaptation.welford_init(dim),
         center_estimate=position,
-        cov_welford=dense_welford_init(dim, settings.dense),
+        cov_welford=adaptation.welford_init(dim if settings.dense else 0, dense=True),
         recent=jnp.broadcast_to(position, (num_walkers, dim)),
         training=training,
         key=jax.random.key_data(jax.random.key(0)),
@@ -410,7 +396,7 @@ def hmc_iteration(settings: EntropySettings, key, carry: EntropyCarry, extras, t
     if settings.dense:
         # From the first slow window to the end of the HMC warm-up (never reset): more
         # points for d² entries than the last window alone.
-        updated = dense_welford_update(cov_welford, position)
+        updated = adaptation.welford_update(cov_welford, position)
         collect_cov = carry.warmup_iteration >= settings.first_slow
         cov_welford = jax.tree.map(lambda a, b: jnp.where(collect_cov, a, b), updated, cov_welford)
     carry = carry._replace(
@@ -462,9 +448,9 @@ def flow_iteration(settings: EntropySettings, key, carry: EntropyCarry, extras):
 def chain_estimates(carry: EntropyCarry):
     """(centre, diagonal inverse mass, HMC step, dense moments (count, mean, cov))."""
     step_size, inverse_mass = adaptation.warmup_final(carry.hmc.warmup)
-    count, mean, m2 = carry.cov_welford
-    cov = m2 / jnp.maximum(count - 1.0, 1.0)
-    return carry.center_estimate, inverse_mass, step_size, (count, mean, cov)
+    moments = carry.cov_welford
+    cov = adaptation.welford_covariance(moments)
+    return carry.center_estimate, inverse_mass, step_size, (moments.count, moments.mean, cov)
 
 
 def whitening_from(settings: EntropySettings, center, inverse_mass, step_size, count, cov):

@@ -106,9 +106,8 @@ def dense_step_size(step_size, diagonal_inverse_mass, covariance):
     diagonal M⁻¹); under the dense whitening with Σ itself it is 1. So ε / σ_min, the ratio
     clipped to [1/MAX_STEP_RESCALE, MAX_STEP_RESCALE]. Training adapts ε from there.
     """
-    d = jnp.sqrt(diagonal_inverse_mass)
-    correlation = covariance / (d[:, None] * d[None, :])
-    smallest = jnp.sqrt(jnp.maximum(jnp.linalg.eigvalsh(correlation)[0], 1e-300))
+    lam_min = wh.smallest_correlation_eigenvalue(diagonal_inverse_mass, covariance)
+    smallest = jnp.sqrt(jnp.maximum(lam_min, 1e-300))
     ratio = jnp.clip(1.0 / smallest, 1.0 / MAX_STEP_RESCALE, MAX_STEP_RESCALE)
     return step_size * ratio
 
