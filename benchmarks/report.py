@@ -21,7 +21,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["environment", "failure_notes", "format_table", "run_stem", "write_docs", "write_results"]
+__all__ = [
+    "environment", "failure_notes", "format_table", "run_stem", "write_docs", "write_marked_section",
+    "write_results",
+]
 
 PACKAGES = (
     "pymc-neural-steps", "pymc", "pytensor", "arviz", "arviz-base", "arviz-stats", "xarray",
@@ -326,3 +329,17 @@ def write_docs(results: dict[str, Any], docs_dir: Path) -> tuple[Path, Path]:
     _write_json(results, json_path)
     md_path.write_text(_markdown(results, ""))
     return md_path, json_path
+
+
+def write_marked_section(markdown: str, path: Path, begin: str, end: str, heading: str) -> Path:
+    """Put ``markdown`` between the markers ``begin`` and ``end`` of ``path``; without them,
+    append it under ``heading``."""
+    text = path.read_text() if path.exists() else ""
+    block = f"{begin}\n{markdown}{end}"
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + f"## {heading}\n\n" + block + "\n"
+    path.write_text(text)
+    return path
+

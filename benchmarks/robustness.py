@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.report import write_marked_section
+
 __all__ = [
     "MAX_ABS_Z", "MAX_RHAT", "MIN_ESS", "SAMPLERS", "SETTINGS", "SUITE",
     "format_suite", "kernel_used", "pass_counts", "verdict", "write_section",
@@ -140,11 +142,4 @@ def format_suite(results: dict[str, Any]) -> str:
 
 def write_section(markdown: str, path: Path) -> Path:
     """Put ``markdown`` between the suite's markers in ``path`` (appended if there are none)."""
-    text = path.read_text() if path.exists() else ""
-    block = f"{BEGIN}\n{markdown}{END}"
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + "## The robustness suite\n\n" + block + "\n"
-    path.write_text(text)
-    return path
+    return write_marked_section(markdown, path, BEGIN, END, "The robustness suite")

@@ -15,7 +15,6 @@ cores the work grows with the chains and ESS per second stays about flat.
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import jax
 import numpy as np
 
 import pymc_neural_steps as pns
+from benchmarks import report
 from pymc_neural_steps import testing
 from pymc_neural_steps._compat import group_dataset
 
@@ -71,18 +71,9 @@ def format_table(cells: list[dict]) -> str:
 
 
 def machine() -> str:
-    device = jax.devices()[0]
-    return (f"{platform.processor() or platform.machine()}, {jax.device_count()} "
-            f"{device.platform} device(s) ({device.device_kind}), jax {jax.__version__}")
-
-
-def write_section(table: str, path: Path) -> Path:
-    """Replace the text between the markers of ``path`` by ``table``."""
-    text = path.read_text()
-    head, rest = text.split(BEGIN)
-    _, tail = rest.split(END)
-    path.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}")
-    return path
+    env, device = report.environment(), jax.devices()[0]
+    return (f"{env['cpu_model']} ({env['usable_cpus']} cores), {jax.device_count()} "
+            f"{device.platform} device(s), jax {env['packages']['jax']}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
              f"{minutes:.0f} min ({time.strftime('%Y-%m-%d')}).")
     print("\n" + table)
     if args.docs is not None:
-        print(f"wrote {write_section(table, args.docs / 'scaling.md')}")
+        path = report.write_marked_section(table + "\n", args.docs / "scaling.md", BEGIN, END,
+                                           "Cost against the number of chains")
+        print(f"wrote {path}")
     return 0
 
 

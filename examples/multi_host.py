@@ -25,6 +25,18 @@ import sys
 CHAINS = 4
 
 
+def small_model():
+    """Three scalars and no long sums, so that runs on any devices can be compared bit for
+    bit (docs/scaling.md); the test suite samples it too."""
+    import pymc as pm
+
+    with pm.Model() as model:
+        b = pm.Normal("b", 0.0, 1.0)
+        pm.Normal("c", b, 2.0)
+        pm.HalfNormal("d", 1.0)
+    return model
+
+
 def worker(process_id: int, processes: int, port: int, method: str, save: str | None) -> None:
     import jax
 
@@ -34,16 +46,11 @@ def worker(process_id: int, processes: int, port: int, method: str, save: str | 
 
     import arviz as az
     import numpy as np
-    import pymc as pm
 
     import pymc_neural_steps as pns
     from pymc_neural_steps._compat import group_dataset
 
-    with pm.Model() as model:
-        b = pm.Normal("b", 0.0, 1.0)
-        pm.Normal("c", b, 2.0)
-        pm.HalfNormal("d", 1.0)
-    step = getattr(pns, method)(model=model)
+    step = getattr(pns, method)(model=small_model())
     result = pns.sample(step, draws=300, tune=300, chains=CHAINS, random_seed=1, progressbar=False)
     if jax.process_index() == 0:
         posterior = group_dataset(result, "posterior")

@@ -2,8 +2,9 @@
 
 Every array of the batched carry has the chain on its leading axis, so ``sample`` can place
 that axis on a one-dimensional ``jax.sharding.Mesh`` of devices and let XLA run each
-device's share of the chains; the pooled warm-up statistics and the pooled training data
-are reductions over that axis, which XLA turns into cross-device collectives. With several
+device's share of the chains. The steps that reduce over all chains at once (pooled
+training, the pooled end of warm-up) run on one device with every chain's data
+(``ChainPlacement.pooled``), so that the draws do not depend on the devices. With several
 processes (``jax.distributed.initialize()`` before sampling) the mesh spans every process's
 devices: each host runs its share of the chains, and every host gets the whole trace back.
 
@@ -76,7 +77,6 @@ class ChainPlacement:
         self.sharded = len(self.devices) > 1
         self.multi_process = jax.process_count() > 1
         mesh = Mesh(np.array(self.devices), (CHAIN_AXIS,)) if self.sharded else None
-        self.mesh = mesh
         # The carry: chains on axis 0. A chunk's trace: (iteration, chain, ...).
         self.carry = NamedSharding(mesh, PartitionSpec(CHAIN_AXIS)) if mesh else None
         self.trace = NamedSharding(mesh, PartitionSpec(None, CHAIN_AXIS)) if mesh else None
@@ -103,19 +103,17 @@ class ChainPlacement:
 
     def put(self, values) -> jax.Array:
         """A host array with chains on axis 0, placed (each process passes all of it)."""
-        values = np.asarray(values)
-        if not self.sharded:
-            return jax.numpy.asarray(values)
-        return jax.make_array_from_callback(values.shape, self.carry, lambda index: values[index])
+        return self._place(values, self.carry)
 
     def put_replicated(self, values) -> jax.Array:
         """A host array every device needs whole (iteration numbers, window codes)."""
+        return self._place(values, self.replicated)
+
+    def _place(self, values, sharding) -> jax.Array:
         values = np.asarray(values)
         if not self.sharded:
             return jax.numpy.asarray(values)
-        return jax.make_array_from_callback(
-            values.shape, self.replicated, lambda index: values[index]
-        )
+        return jax.make_array_from_callback(values.shape, sharding, lambda index: values[index])
 
     def pooled(self, fn):
         """``fn`` (jitted for one device) run on the first device with every chain's data,
@@ -146,7 +144,7 @@ class ChainPlacement:
     def scatter(self, tree):
         """A tree with chains on axis 0, held whole on a local device, placed on the mesh."""
         if self.multi_process:
-            return jax.tree_util.tree_map(self.put, jax.tree_util.tree_map(np.asarray, tree))
+            return jax.tree_util.tree_map(self.put, tree)
         return jax.device_put(tree, self.carry)
 
     def fetch(self, tree):

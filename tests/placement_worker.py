@@ -9,12 +9,12 @@ really split over the devices.
 import json
 import os
 import sys
+from pathlib import Path
 
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-import pymc as pm  # noqa: E402
 
 import pymc_neural_steps as pns  # noqa: E402
 from pymc_neural_steps._compat import group_dataset  # noqa: E402
@@ -24,15 +24,8 @@ from pymc_neural_steps.sampling import _BatchedProgram  # noqa: E402
 
 CHAINS = 4
 
-
-def small_model() -> pm.Model:
-    # No long sums in the log density: XLA's multi-device CPU programs may add up long
-    # reductions in another order than its single-device ones (docs/scaling.md).
-    with pm.Model() as model:
-        b = pm.Normal("b", 0.0, 1.0)
-        pm.Normal("c", b, 2.0)
-        pm.HalfNormal("d", 1.0)
-    return model
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from multi_host import small_model  # noqa: E402
 
 
 def draws(method: str, devices: int) -> np.ndarray:

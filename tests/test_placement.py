@@ -85,8 +85,6 @@ def test_learned_methods_give_the_single_device_draws_on_several_devices():
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["JaxHMC", "NNgHMC"])
 def test_two_processes_give_the_single_process_draws(tmp_path, method):
-    import pymc as pm
-
     import pymc_neural_steps as pns
     from pymc_neural_steps._compat import group_dataset
 
@@ -99,11 +97,10 @@ def test_two_processes_give_the_single_process_draws(tmp_path, method):
     )
     assert done.returncode == 0, done.stderr[-4000:]
     assert "2 cpu devices on 2 processes" in done.stdout
-    with pm.Model() as model:
-        b = pm.Normal("b", 0.0, 1.0)
-        pm.Normal("c", b, 2.0)
-        pm.HalfNormal("d", 1.0)
-    result = pns.sample(getattr(pns, method)(model=model), draws=300, tune=300, chains=4,
+    sys.path.insert(0, str(ROOT / "examples"))
+    from multi_host import small_model
+
+    result = pns.sample(getattr(pns, method)(model=small_model()), draws=300, tune=300, chains=4,
                         random_seed=1, progressbar=False, compute_convergence_checks=False)
     single = np.asarray(group_dataset(result, "posterior")["b"])
     np.testing.assert_array_equal(np.load(saved), single)
