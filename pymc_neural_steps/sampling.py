@@ -404,6 +404,7 @@ def _gate_attrs(step) -> dict:
         else report["gate_learned_ess_per_grad"],
         "gate_hmc_ess_per_grad": nan if report["gate_hmc_ess_per_grad"] is None
         else report["gate_hmc_ess_per_grad"],
+        "transitions_per_draw": int(report.get("transitions_per_draw", 1)),
     }
 
 

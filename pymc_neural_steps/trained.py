@@ -221,6 +221,7 @@ class TrainedKernelStep:
             "gate_learned_ess_per_grad": json_float(learned[0]),
             "gate_hmc_ess_per_grad": json_float(hmc[0]),
             "gate_use_learned": bool(use[0]),
+            "transitions_per_draw": int(np.atleast_1d(gate.transitions)[0]) if use[0] else 1,
         }
 
     # --- reuse, save and load --------------------------------------------------------------

@@ -6,8 +6,11 @@ decided. In the default suite: the regression below caught the fallback bug of i
 The calendar-year regression is the case that returned R-hat 1.5-3 from NNgHMC and L2HMC
 before the checks of issue 14 (NNgHMC's re-check at the draws' settings, the learned
 kernels' mixing gate) and, until 2026-12-03, from a fallback to HMC whose warm-up training
-had cut short (NNgHMC R-hat 1.01 / tail ESS 340, L2HMC 1.04 / ESS 206); all four pass now.
-docs/robustness.md has the figures."""
+had cut short (NNgHMC R-hat 1.01 / tail ESS 340, L2HMC 1.04 / ESS 206), and until
+2026-12-04 from L2HMC's kernel drawing one transition per draw (10 gradients, against
+HMC's ~300: more ESS per gradient, too few per draw; R-hat 1.006-1.016, ESS 293-429
+for seeds 1-3). With several transitions per draw (``gate.transitions_per_draw``) it gives
+R-hat <= 1.001, ESS 2,900-3,600. docs/robustness.md has the figures."""
 
 import warnings
 
@@ -20,14 +23,7 @@ from pymc_neural_steps.testing import calendar_year_regression, check_exactness
 METHODS = [
     "JaxHMC",
     "NNgHMC",
-    # Known weakness, measured 2026-12-04 (PyMC 5.28.5, pytensor 2.38.3, jax 0.10.2): the
-    # gate picks L2HMC's learned kernel (pilot ESS per gradient 0.012 against HMC's 0.0005)
-    # but it mixes at ~0.1 ESS per draw here: seeds 1, 2, 3 give R-hat 1.011, 1.015, 1.006,
-    # bulk ESS 429, 293, 422, where JaxHMC gets R-hat 1.003, ESS 2,513. The gate's HMC
-    # pilot underrates fully tuned HMC; issue 14 stays open on it.
-    pytest.param("L2HMC", marks=pytest.mark.xfail(
-        reason="L2HMC mixes at ~0.1 ESS/draw on this posterior; the gate's HMC pilot "
-               "underrates HMC (issue 14)", strict=False)),
+    "L2HMC",
     "EntropyFlowMC",
 ]
 

@@ -369,7 +369,7 @@ def init_carry(settings: EntropySettings, trained, position, extras) -> EntropyC
         key=jax.random.key_data(jax.random.key(0)),
         started=jnp.asarray(trained is not None),
         report=learned.empty_report(),
-        gate=undecided(trained is not None),
+        gate=undecided(trained),
     )
 
 

@@ -9,7 +9,13 @@ slowest direction; divided by the true gradients per transition, that is the sco
 
 The learned kernel is used if its estimate is *resolved* (its autocorrelation died out
 within the pilot, so the figure is a measurement, not a bound) and its score beats
-HMC's. Otherwise the chain draws with HMC, which it has run (and tuned, on Stan's
+HMC's. A learned transition is usually much cheaper than an HMC trajectory, so winning
+per gradient can still mean fewer effective draws per draw than HMC gives (an R-hat
+warning on the draws a user asked for). Each draw therefore runs ``transitions`` learned
+transitions (``transitions_per_draw``): as many as fit in the true gradients of one HMC
+transition, and no more than the learned kernel's autocorrelation time, beyond which
+further transitions add cost but hardly any information. A draw then costs at most
+what HMC's would and, the kernel being faster per gradient, mixes at least as well. Otherwise the chain draws with HMC, which it has run (and tuned, on Stan's
 schedule of the whole warm-up) until the gate decided (``programs/learned.py``).
 Acceptance rates play no part: a kernel can accept most of its moves and still not move.
 
@@ -34,12 +40,14 @@ __all__ = [
     "GATE_STATS",
     "HMC_PILOT_STEPS",
     "LEARNED_PILOT_STEPS",
+    "MAX_TRANSITIONS_PER_DRAW",
     "PILOT_WALKERS",
     "Gate",
     "decide",
     "gate_chains",
     "pilot",
     "score_pilots",
+    "transitions_per_draw",
     "undecided",
 ]
 
@@ -49,6 +57,8 @@ __all__ = [
 PILOT_WALKERS = 32
 LEARNED_PILOT_STEPS = 64
 HMC_PILOT_STEPS = 16
+# A bound on ``transitions_per_draw`` (HMC's own trajectories are bounded by 1,024 steps).
+MAX_TRANSITIONS_PER_DRAW = 1024
 
 GATE_STATS = (
     # ESS per true gradient in the worst direction, from the pilots (NaN before the gate).
@@ -57,6 +67,8 @@ GATE_STATS = (
     StatSpec("learned_kernel", bool),  # this iteration's kernel was the learned one
     # True gradients of the pilots, reported on the iteration after the gate (else 0).
     StatSpec("gate_grad_evals", np.int64),
+    # Kernel transitions this iteration made (``transitions_per_draw`` in the draws).
+    StatSpec("n_transitions", np.int64),
 )
 
 
@@ -67,13 +79,27 @@ class Gate(NamedTuple):
     hmc_score: jax.Array
     learned_resolved: jax.Array  # bool
     hmc_resolved: jax.Array
+    transitions: jax.Array  # int: learned transitions per draw (``transitions_per_draw``)
 
 
-def undecided(trained: bool = False) -> Gate:
-    """A chain's gate before the pilots; a kernel loaded from a file is taken as it is."""
+def undecided(trained=None) -> Gate:
+    """A chain's gate before the pilots. A kernel loaded from a file (``trained``, a
+    ``trained.py`` kernel) is taken as it is, with the transitions per draw of the run
+    that trained it (one if that run's gate did not choose)."""
     nan = jnp.full((), jnp.nan)
-    flag = jnp.asarray(trained)
-    return Gate(flag, jnp.asarray(True), nan, nan, flag, flag)
+    flag = jnp.asarray(trained is not None)
+    saved = 1 if trained is None else trained.report.get("transitions_per_draw") or 1
+    return Gate(flag, jnp.asarray(True), nan, nan, flag, flag, jnp.asarray(saved, jnp.int64))
+
+
+def transitions_per_draw(learned: mixing.MixingEstimate, learned_cost, hmc_cost) -> jax.Array:
+    """Learned transitions per draw: the true gradients of one HMC transition divided by
+    a learned one's (so that a draw costs no more than HMC's), at most the learned
+    kernel's autocorrelation time 1/ESS-per-transition (rounded up), at least one."""
+    affordable = jnp.floor(hmc_cost / jnp.maximum(learned_cost, 1.0))
+    tau = jnp.ceil(1.0 / jnp.maximum(learned.ess_per_step, 1.0 / MAX_TRANSITIONS_PER_DRAW))
+    k = jnp.clip(jnp.minimum(affordable, tau), 1, MAX_TRANSITIONS_PER_DRAW)
+    return jnp.nan_to_num(k, nan=1.0).astype(jnp.int64)
 
 
 def _hmc_start(carry):
@@ -117,8 +143,9 @@ def decide(learned: mixing.MixingEstimate, learned_cost, hmc: mixing.MixingEstim
     learned_score = learned.ess_per_step / jnp.maximum(learned_cost, 1.0)
     hmc_score = hmc.ess_per_step / jnp.maximum(hmc_cost, 1.0)
     use = learned.resolved & (learned_score > hmc_score)
+    transitions = transitions_per_draw(learned, learned_cost, hmc_cost)
     return Gate(jnp.asarray(True), use, learned_score, hmc_score, learned.resolved,
-                hmc.resolved)
+                hmc.resolved, transitions)
 
 
 def gate_chains(method, key, carry, walkers_per_chain: int):

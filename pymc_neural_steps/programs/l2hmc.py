@@ -444,7 +444,7 @@ def init_carry(settings: L2HMCSettings, trained, position, extras) -> L2HMCCarry
         started=jnp.asarray(trained is not None),
         report=learned.empty_report(),
         best=unscored(training.params),
-        gate=undecided(trained is not None),
+        gate=undecided(trained),
     )
 
 

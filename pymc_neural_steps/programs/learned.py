@@ -12,13 +12,13 @@ follow one skeleton, written here once:
    open-ended warm-up leaves is finished when it ends (``ChainProgram.train_pending``).
    ``pymc_neural_steps.sample`` trains ONE kernel for all chains (``pooled_train``): the
    first few walkers of every chain form one shared ensemble.
-3. *The gate* (``programs/gate.py``): when the budget is spent, pilots of the learned
-   kernel and of HMC from the same walkers measure ESS per true gradient in the worst
-   direction; the learned kernel goes on only if it wins.
-4. *The chain itself runs HMC until the gate has decided*, adapting on Stan's schedule of
-   the whole warm-up (``hmc_code``) while training moves only the walkers. A chain the gate
-   turns down is therefore exactly as tuned as ``JaxHMC`` would be; one it accepts runs
-   the learned kernel for the rest of warm-up and the draws, frozen when warm-up ends.
+3. *The chain itself runs HMC for the whole warm-up*, adapting on Stan's schedule of the
+   whole warm-up (``hmc_code``) while training moves only the walkers, so when warm-up
+   ends it is exactly as tuned (and as converged) as ``JaxHMC`` would be.
+4. *The gate* (``programs/gate.py``), when warm-up ends: pilots of the learned kernel and
+   of that final HMC from the same walkers measure ESS per true gradient in the worst
+   direction; the learned kernel draws, frozen, from the chain's HMC position, only if it
+   wins, with the transitions per draw the gate chose. Otherwise the chain draws with HMC.
 
 A method supplies the pieces that differ (``LearnedMethod``); ``learned_program``
 assembles them into a ``ChainProgram``. Nothing here knows PyMC.
@@ -50,13 +50,16 @@ __all__ = [
     "add_reports",
     "center_update",
     "empty_report",
-    "gate_when_spent",
+    "end_chain",
+    "end_pooled",
+    "gate_at_end",
     "hmc_code",
     "gather_ensemble",
     "learned_program",
     "mixture_moments",
     "pack_report",
     "refresh_training",
+    "repeat_transitions",
     "scatter_ensemble",
     "summary_report",
     "train_chain",
@@ -72,8 +75,8 @@ HMC_MODE = "hmc"
 # it were pm.sample's default, and what is left is trained at stop_tuning.
 DEFAULT_TUNE_HORIZON = 1000
 MAX_ROUNDS = 20
-# Training's rounds end by this share of the warm-up after HMC's, so that a kernel the
-# gate accepts has the rest of warm-up to reach its stationary regime from HMC's position.
+# Training's rounds end by this share of the warm-up after HMC's; the rest of warm-up is
+# HMC's adaptation alone (its last, longest window), and the gate runs when it ends.
 TRAINING_END = 0.6
 
 # The stats of training, reported on the iteration after it ran (0 / NaN when none did).
@@ -276,42 +279,90 @@ class LearnedMethod(NamedTuple):
     with_round_state: Callable[[Any, Any], Any] = lambda carry, state: carry
 
 
-def gate_when_spent(method: LearnedMethod, train_steps: int, key, carry, walkers: int):
-    """Batched ``carry`` (chains sharing one decision): once training has spent its budget,
-    the gate decides, once, whether the learned kernel draws (``programs/gate.py``);
-    the pilots' gradients are reported in ``gate_grad_evals``."""
+# How a draw of several transitions (``repeat_transitions``) reports a kernel stat: counts
+# of work add up, a flag is set if any transition set it, the acceptance is averaged; any
+# other stat is the last transition's.
+SUMMED_STATS = frozenset({"n_grad_evals", "n_logp_evals"})
+ANY_STATS = frozenset({"diverging", "nonfinite_reverse"})
+MEAN_STATS = frozenset({"acceptance_rate"})
+
+
+def repeat_transitions(iteration, names: tuple[str, ...], key, carry, extras, transitions):
+    """``transitions`` (≥ 1, traced) runs of ``iteration(key, carry, extras) -> (carry,
+    position, stats)`` as one draw; ``names`` are the stats' names, which say how each is
+    combined (``SUMMED_STATS``, ``ANY_STATS``, ``MEAN_STATS``, else the last). The first
+    transition uses ``key`` itself, so one transition per draw is the single iteration."""
+    summed = np.array([n in SUMMED_STATS or n in MEAN_STATS for n in names])
+    flags = np.array([n in ANY_STATS for n in names])
+    mean = np.array([n in MEAN_STATS for n in names])
+
+    def body(i, state):
+        c, _, total = state
+        c, position, stats = iteration(jax.random.fold_in(key, i), c, extras)
+        total = jnp.where(summed, total + stats, jnp.where(flags, jnp.maximum(total, stats), stats))
+        return c, position, total
+
+    first = iteration(key, carry, extras)
+    carry, position, total = jax.lax.fori_loop(1, transitions, body, first)
+    return carry, position, jnp.where(mean, total / transitions, total)
+
+
+# Separates the gate's randomness from training's (both derive from the carry's key).
+GATE_SALT = 0x6A7E
+
+
+def gate_at_end(method: LearnedMethod, carry, walkers: int):
+    """Batched ``carry`` (chains sharing one decision) at the end of warm-up: the gate
+    decides, once, whether the learned kernel draws (``programs/gate.py``), against HMC
+    at the settings warm-up ended with, i.e. as tuned as ``JaxHMC`` would be; the pilots'
+    gradients are reported in ``gate_grad_evals``. Chains that never trained, and
+    kernels loaded already decided, are left as they are."""
 
     def run(c):
+        key = jax.random.fold_in(jax.random.wrap_key_data(c.key[0]), GATE_SALT)
         gate, spent = gates.gate_chains(method, key, c, walkers)
         chains = c.started.shape[0]
         report = c.report._replace(gate_grad_evals=c.report.gate_grad_evals + spent)
         return c._replace(gate=_broadcast(gate, chains), report=report)
 
-    spent = (carry.training.num_steps[0] >= train_steps) & carry.started[0]
-    return jax.lax.cond(spent & ~carry.gate.decided[0], run, lambda c: c, carry)
+    owed = carry.started[0] & ~carry.gate.decided[0]
+    return jax.lax.cond(owed, run, lambda c: c, carry)
 
 
-def train_chain(method: LearnedMethod, num_walkers: int, train_steps: int, key, carry):
+def end_chain(method: LearnedMethod, num_walkers: int, carry):
+    """``ChainProgram.end_tune``: the gate on one chain's walkers, then HMC frozen at
+    warm-up's final settings (for a chain the gate sends back, or one never trained)."""
+    batched = jax.tree.map(lambda a: a[None], carry)
+    batched = gate_at_end(method, batched, min(gates.PILOT_WALKERS, num_walkers))
+    carry = jax.tree.map(lambda a: a[0], batched)
+    return carry._replace(hmc=hmc_programs.freeze(carry.hmc))
+
+
+def end_pooled(method: LearnedMethod, num_walkers: int, carry):
+    """``ChainProgram.pooled_end_tune``: one gate for all chains (batched carry), on the
+    first walkers of every chain together, then every chain's HMC frozen."""
+    chains = carry.started.shape[0]
+    walkers = min(walkers_per_chain(gates.PILOT_WALKERS, chains),
+                  walkers_per_chain(num_walkers, chains))
+    carry = gate_at_end(method, carry, walkers)
+    return carry._replace(hmc=jax.vmap(hmc_programs.freeze)(carry.hmc))
+
+
+def train_chain(method: LearnedMethod, num_walkers: int, key, carry):
     """``ChainProgram.train``: one training round on one chain's own walkers. The first
     round starts training (with this key, kept for every later round, so that the
-    randomness of step i does not depend on how the budget is split); the round that
-    spends the budget ends with the gate."""
+    randomness of step i does not depend on how the budget is split)."""
     carry = jax.lax.cond(carry.started, lambda c: c, lambda c: method.start_chain(key, c), carry)
     training, state, report = method.run_round(
         carry.key, carry.training, method.round_state(carry), num_walkers
     )
     carry = method.with_round_state(carry, state)
-    carry = carry._replace(training=training, report=add_reports(carry.report, report))
-    walkers = min(gates.PILOT_WALKERS, num_walkers)
-    batched = jax.tree.map(lambda a: a[None], carry)
-    batched = gate_when_spent(method, train_steps, jax.random.fold_in(key, 1), batched, walkers)
-    return jax.tree.map(lambda a: a[0], batched)
+    return carry._replace(training=training, report=add_reports(carry.report, report))
 
 
-def train_pooled(method: LearnedMethod, num_walkers: int, train_steps: int, key, carry):
+def train_pooled(method: LearnedMethod, num_walkers: int, key, carry):
     """``ChainProgram.pooled_train``: one round for all chains (batched carry) on one
-    shared ensemble of about ``num_walkers``, the first k walkers of every chain; the
-    round that spends the budget ends with the gate, on all chains' walkers together."""
+    shared ensemble of about ``num_walkers``, the first k walkers of every chain."""
     chains = carry.started.shape[0]
     carry = jax.lax.cond(
         carry.started[0], lambda c: c, lambda c: method.pooled_start(key, c), carry
@@ -322,9 +373,7 @@ def train_pooled(method: LearnedMethod, num_walkers: int, train_steps: int, key,
     shared, state, report = method.run_round(carry.key[0], shared, state, k)
     carry = method.with_round_state(carry, _broadcast(state, chains))
     reports = jax.vmap(add_reports, (0, None))(carry.report, report)
-    carry = carry._replace(training=scatter_ensemble(carry.training, shared, k), report=reports)
-    walkers = min(walkers_per_chain(gates.PILOT_WALKERS, chains), k)
-    return gate_when_spent(method, train_steps, jax.random.fold_in(key, 1), carry, walkers)
+    return carry._replace(training=scatter_ensemble(carry.training, shared, k), report=reports)
 
 
 def training_pending(train_steps: int, carry) -> bool:
@@ -355,18 +404,26 @@ def learned_program(
     ``GATE_STATS``, which are appended here.
     """
     _, round_ends = training_rounds(train_steps, hmc_warmup, None)
+    kernel_names = tuple(spec.name for spec in stat_specs[:_first_training_stat(stat_specs)])
 
     def iterate(key, carry, extras, mode, tuning, code=adaptation.FAST):
+        gate = carry.gate
+        transitions = jnp.ones((), jnp.int64)
         if mode == HMC_MODE:
             new_carry, position, stats = method.hmc_iteration(key, carry, extras, tuning, code)
-        else:
+        elif tuning:
+            # The rest of warm-up after the gate: one transition each, to burn in.
             new_carry, position, stats = method.learned_iteration(key, carry, extras)
-        gate = carry.gate
+        else:
+            transitions = gate.transitions
+            new_carry, position, stats = repeat_transitions(
+                method.learned_iteration, kernel_names, key, carry, extras, transitions
+            )
         stats = jnp.concatenate([
             stats,
             pack_report(carry.report, restored=method.report_restored),
             pack_stats(gate.learned_score, gate.hmc_score, mode != HMC_MODE,
-                       carry.report.gate_grad_evals),
+                       carry.report.gate_grad_evals, transitions),
         ])
         return new_carry._replace(report=empty_report()), position, stats
 
@@ -389,15 +446,11 @@ def learned_program(
                    and np.asarray(carry.gate.use_learned).all())
         return learned_mode if learned else HMC_MODE
 
-    def end_tune(carry):
-        # The learned kernel is frozen by no longer training it; HMC (a chain never
-        # trained, or one the gate sent back) draws with warm-up's final settings.
-        return carry._replace(hmc=hmc_programs.freeze(carry.hmc))
-
     common = dict(
         init=method.init,
         tune=tune,
-        end_tune=end_tune,
+        end_tune=partial(end_chain, method, num_walkers),
+        pooled_end_tune=partial(end_pooled, method, num_walkers),
         draw=draw,
         refresh=method.refresh,
         stat_specs=stat_specs + gates.GATE_STATS,
@@ -407,11 +460,18 @@ def learned_program(
         return ChainProgram(**common)
     return ChainProgram(
         **common,
-        train=partial(train_chain, method, num_walkers, train_steps),
-        pooled_train=partial(train_pooled, method, num_walkers, train_steps),
+        train=partial(train_chain, method, num_walkers),
+        pooled_train=partial(train_pooled, method, num_walkers),
         train_at=train_at,
         train_pending=partial(training_pending, train_steps),
     )
+
+
+def _first_training_stat(stat_specs) -> int:
+    """Where the training stats begin in a method's specs (the kernel's come before)."""
+    names = [spec.name for spec in stat_specs]
+    first = TRAINING_STATS[0].name
+    return names.index(first) if first in names else len(names)
 
 
 def refresh_training(carry, hmc_refresh, position, extras):

@@ -423,7 +423,7 @@ def init_carry(settings: NNgHMCSettings, position, extras) -> NNgHMCCarry:
         extras=extras,
         region_checked=jnp.asarray(not s.checks_region),
         final_checked=jnp.asarray(s.trained is not None),
-        gate=gates.undecided(s.trained is not None),
+        gate=gates.undecided(s.trained),
         pending_logp_evals=zero_int,
         true_since=zero_int,
         rewarm_owed=jnp.zeros((), bool),
@@ -895,7 +895,8 @@ def surrogate_gate(settings: NNgHMCSettings, key, carry: NNgHMCCarry):
     score = estimate.ess_per_step / jnp.maximum(jnp.mean(surrogate[2]), 1.0)
     hmc_score = carry.gate.hmc_score[0]
     gate = gates.Gate(jnp.asarray(True), estimate.resolved & (score > hmc_score), score,
-                      hmc_score, estimate.resolved, carry.gate.hmc_resolved[0])
+                      hmc_score, estimate.resolved, carry.gate.hmc_resolved[0],
+                      jnp.ones((), jnp.int64))
     return gate, surrogate[3].astype(jnp.int64), logps
 
 

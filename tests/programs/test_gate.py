@@ -106,3 +106,23 @@ def test_a_fast_learned_kernel_passes_and_a_stuck_one_falls_back():
     # and the figure is that bound.
     bound = 1 / (2 * gates.LEARNED_PILOT_STEPS - 1)
     assert float(stuck.learned_score) == pytest.approx(bound)
+
+
+@pytest.mark.parametrize(
+    "learned_ess, learned_cost, hmc_cost, expected",
+    [
+        (0.1, 10.0, 300.0, 10),  # τ = 10 transitions bounds it below the 30 affordable
+        (0.1, 10.0, 40.0, 4),  # four learned transitions cost one HMC trajectory
+        (0.9, 2.0, 60.0, 2),  # τ ≈ 1.1: two transitions already decorrelate
+        (1.5, 2.0, 60.0, 1),  # antithetic (τ < 1): one
+        (0.01, 50.0, 20.0, 1),  # a learned transition dearer than HMC's: one
+        (0.0, 1.0, 5000.0, gates.MAX_TRANSITIONS_PER_DRAW),  # no mixing measured: the bound
+    ],
+)
+def test_transitions_per_draw_fit_one_hmc_trajectory_and_the_autocorrelation_time(
+    learned_ess, learned_cost, hmc_cost, expected
+):
+    k = gates.transitions_per_draw(estimate(learned_ess), learned_cost, hmc_cost)
+    assert int(k) == expected
+    gate = gates.decide(estimate(learned_ess), learned_cost, estimate(0.5), hmc_cost)
+    assert int(gate.transitions) == expected

@@ -165,3 +165,18 @@ def test_the_chain_runs_hmc_until_the_gate_has_decided():
     assert program.mode_of(carry(True, True)) != learned.HMC_MODE
 
 
+def test_a_draw_of_several_transitions_adds_counts_and_keeps_the_last_state():
+    names = ("acceptance_rate", "diverging", "model_logp", "n_grad_evals", "step_size")
+
+    def iteration(key, carry, extras):
+        count = carry + 1
+        stats = jnp.stack([count / 10.0, (count == 2) * 1.0, -count * 1.0, 3.0, count * 1.0])
+        return count, jnp.full(2, count * 1.0), stats
+
+    key = jax.random.key(0)
+    carry, position, stats = learned.repeat_transitions(iteration, names, key, 0, (), 4)
+    assert int(carry) == 4 and position.tolist() == [4.0, 4.0]
+    # acceptance averaged, diverging if any, n_grad_evals summed, the rest the last one's.
+    np.testing.assert_allclose(stats, [0.25, 1.0, -4.0, 12.0, 4.0])
+    one = learned.repeat_transitions(iteration, names, key, 0, (), 1)
+    np.testing.assert_allclose(one[2], iteration(key, 0, ())[2])

@@ -102,8 +102,11 @@ def test_stats_are_honest(pooled_run):
                  "nonfinite_reverse", "training_loss", "training_time", "training_grad_evals",
                  "training_rollbacks", "training_acceptance"):
         assert name in draws, name
-    # The variant without R: one gradient (at x', with log p(x')) per transition.
-    np.testing.assert_array_equal(draws["n_grad_evals"].values, 1)
+    # The variant without R: one gradient (at x', with log p(x')) per transition, and a
+    # draw is the gate's transitions per draw.
+    transitions = draws["n_transitions"].values
+    assert transitions.min() >= 1 and np.all(transitions == transitions.flat[0])
+    np.testing.assert_array_equal(draws["n_grad_evals"].values, transitions)
     np.testing.assert_array_equal(draws["n_logp_evals"].values, 0)
     for name in ("log_q_forward", "log_q_reverse", "proposal_entropy", "beta"):
         assert np.isfinite(draws[name].values).all(), name
@@ -201,7 +204,8 @@ def test_exact_under_pm_sample_with_one_kernel_per_chain():
     assert not np.array_equal(a.context.inverse_mass, b.context.inverse_mass)
     for carry, _ in carries:
         assert int(carry.training.num_steps) == OPTIONS["train_steps"]
-    np.testing.assert_array_equal(stats_of(result)["n_grad_evals"].values, 1)
+    draws = stats_of(result)
+    np.testing.assert_array_equal(draws["n_grad_evals"].values, draws["n_transitions"].values)
 
 
 # ------------------------------------------------------------------ bad networks

@@ -159,7 +159,10 @@ def regression_fast():
     return reference, step, result
 
 
-@pytest.mark.parametrize("which", ["linear_regression", "eight_schools_noncentered"])
+# eight schools (35-50 s) is the second model: --runslow.
+@pytest.mark.parametrize("which", [
+    "linear_regression", pytest.param("eight_schools_noncentered", marks=pytest.mark.slow),
+])
 def test_exact_under_the_fast_driver(which, regression_fast):
     if which == "linear_regression":
         reference, _, result = regression_fast

@@ -160,7 +160,10 @@ def _reference_point(name: str, draw: int) -> dict[str, np.ndarray]:
     return point
 
 
-@pytest.mark.parametrize("name", sorted(STAN))
+# hmm_drive_0 compiles a long forward recursion (~20 s): --runslow.
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.slow) if n == "hmm_drive_0" else n for n in sorted(STAN)
+])
 def test_log_density_is_the_stan_programs(name):
     # abs=1e-5: PyTensor stores Python floats that float32 holds exactly (sigma=2.0) as float32
     # constants, so each constant term carries ~1e-7 of rounding; a wrong model is off by far more.
