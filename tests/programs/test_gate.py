@@ -126,3 +126,11 @@ def test_transitions_per_draw_fit_one_hmc_trajectory_and_the_autocorrelation_tim
     assert int(k) == expected
     gate = gates.decide(estimate(learned_ess), learned_cost, estimate(0.5), hmc_cost)
     assert int(gate.transitions) == expected
+
+
+def test_a_loaded_kernel_keeps_the_transitions_per_draw_of_the_run_that_trained_it():
+    assert int(gates.undecided().transitions) == 1 and not bool(gates.undecided().decided)
+    loaded = gates.undecided(SimpleNamespace(report={"transitions_per_draw": 5}))
+    assert bool(loaded.decided) and bool(loaded.use_learned) and int(loaded.transitions) == 5
+    # A kernel saved before the gate chose (or by an older version): one per draw.
+    assert int(gates.undecided(SimpleNamespace(report={})).transitions) == 1
