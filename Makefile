@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 example: $(VENV)/.installed
-	$(VENV)/bin/python examples/nnghmc_speedup.py
+	$(VENV)/bin/python examples/nnghmc_vs_nutpie.py
 
 test: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
