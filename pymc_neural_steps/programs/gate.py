@@ -1,23 +1,26 @@
 """The mixing gate: a learned kernel draws only if it mixes faster, per true gradient,
 than the HMC it warmed up with.
 
-When training has spent its budget, both kernels run a short pilot from the same
-walkers (the training ensemble, close to the posterior by then): the learned kernel and
-true-gradient HMC at the warm-up's final step size, mass matrix and jittered path
-length. ``mixing.worst_direction`` turns each pilot into ESS per transition in the
-slowest direction; divided by the true gradients per transition, that is the score.
+When warm-up ends (L2HMC, EntropyFlowMC; NNgHMC at its checks), both kernels run a short
+pilot from the same walkers (the training ensemble, close to the posterior by then): the
+learned kernel and true-gradient HMC at the warm-up's final step size, mass matrix and
+jittered path length. ``mixing.worst_direction`` turns each pilot into ESS per transition
+in the slowest direction; divided by the true gradients per transition, that is the score.
 
 The learned kernel is used if its estimate is *resolved* (its autocorrelation died out
 within the pilot, so the figure is a measurement, not a bound) and its score beats
-HMC's. A learned transition is usually much cheaper than an HMC trajectory, so winning
-per gradient can still mean fewer effective draws per draw than HMC gives (an R-hat
-warning on the draws a user asked for). Each draw therefore runs ``transitions`` learned
-transitions (``transitions_per_draw``): as many as fit in the true gradients of one HMC
-transition, and no more than the learned kernel's autocorrelation time, beyond which
-further transitions add cost but hardly any information. A draw then costs at most
-what HMC's would and, the kernel being faster per gradient, mixes at least as well. Otherwise the chain draws with HMC, which it has run (and tuned, on Stan's
-schedule of the whole warm-up) until the gate decided (``programs/learned.py``).
-Acceptance rates play no part: a kernel can accept most of its moves and still not move.
+HMC's; otherwise the chain draws with the HMC it ran, and tuned on Stan's schedule,
+through warm-up (``programs/learned.py``). Acceptance rates play no part: a kernel can
+accept most of its moves and still not move.
+
+A learned transition is usually much cheaper than an HMC trajectory, so winning per
+gradient can still mean fewer effective draws per draw than HMC gives (an R-hat warning
+on the draws a user asked for). A draw of L2HMC or EntropyFlowMC therefore runs
+``transitions_per_draw`` learned transitions: as many as fit in the true gradients of one
+HMC transition, and no more than the learned kernel's autocorrelation time, beyond which
+more transitions add cost but hardly any information. The draw then costs at most what
+HMC's would and, the kernel being faster per gradient, mixes at least as well. (NNgHMC's
+surrogate trajectory is as long as HMC's already: one per draw.)
 
 Cost is counted in true gradients, the unit the library reports: on a model whose
 gradient is cheap next to the networks this favours the learned kernel (the networks'
@@ -79,7 +82,8 @@ class Gate(NamedTuple):
     hmc_score: jax.Array
     learned_resolved: jax.Array  # bool
     hmc_resolved: jax.Array
-    transitions: jax.Array  # int: learned transitions per draw (``transitions_per_draw``)
+    # int: learned transitions per draw (``transitions_per_draw``; NNgHMC draws one)
+    transitions: jax.Array
 
 
 def undecided(trained=None) -> Gate:

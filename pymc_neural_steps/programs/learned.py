@@ -292,14 +292,14 @@ def repeat_transitions(iteration, names: tuple[str, ...], key, carry, extras, tr
     position, stats)`` as one draw; ``names`` are the stats' names, which say how each is
     combined (``SUMMED_STATS``, ``ANY_STATS``, ``MEAN_STATS``, else the last). The first
     transition uses ``key`` itself, so one transition per draw is the single iteration."""
-    summed = np.array([n in SUMMED_STATS or n in MEAN_STATS for n in names])
-    flags = np.array([n in ANY_STATS for n in names])
     mean = np.array([n in MEAN_STATS for n in names])
+    added = np.array([n in SUMMED_STATS for n in names]) | mean  # a mean: added, then divided
+    flags = np.array([n in ANY_STATS for n in names])
 
     def body(i, state):
         c, _, total = state
         c, position, stats = iteration(jax.random.fold_in(key, i), c, extras)
-        total = jnp.where(summed, total + stats, jnp.where(flags, jnp.maximum(total, stats), stats))
+        total = jnp.where(added, total + stats, jnp.where(flags, jnp.maximum(total, stats), stats))
         return c, position, total
 
     first = iteration(key, carry, extras)
@@ -412,7 +412,8 @@ def learned_program(
         if mode == HMC_MODE:
             new_carry, position, stats = method.hmc_iteration(key, carry, extras, tuning, code)
         elif tuning:
-            # The rest of warm-up after the gate: one transition each, to burn in.
+            # Learned mode in warm-up: only a loaded kernel's (decided from the start), one
+            # transition an iteration: warm-up iterations are not kept.
             new_carry, position, stats = method.learned_iteration(key, carry, extras)
         else:
             transitions = gate.transitions
@@ -440,8 +441,8 @@ def learned_program(
         return iteration in training_rounds(train_steps, hmc_warmup, num_tune)[1]
 
     def mode_of(carry):
-        # Until the gate has decided, the chain runs (and tunes) HMC; training moves only
-        # the walkers. A kernel loaded from a file is decided from the start.
+        # Until the gate has decided (when warm-up ends), the chain runs (and tunes) HMC;
+        # training moves only the walkers. A loaded kernel is decided from the start.
         learned = (np.asarray(carry.started).all() and np.asarray(carry.gate.decided).all()
                    and np.asarray(carry.gate.use_learned).all())
         return learned_mode if learned else HMC_MODE
