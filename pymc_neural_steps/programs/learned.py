@@ -285,6 +285,8 @@ class LearnedMethod(NamedTuple):
 SUMMED_STATS = frozenset({"n_grad_evals", "n_logp_evals"})
 ANY_STATS = frozenset({"diverging", "nonfinite_reverse"})
 MEAN_STATS = frozenset({"acceptance_rate"})
+# Separates the keys of a draw's later transitions from its first's (``repeat_transitions``).
+REPEAT_SALT = 0x4E9A7
 
 
 def repeat_transitions(iteration, names: tuple[str, ...], key, carry, extras, transitions):
@@ -292,13 +294,18 @@ def repeat_transitions(iteration, names: tuple[str, ...], key, carry, extras, tr
     position, stats)`` as one draw; ``names`` are the stats' names, which say how each is
     combined (``SUMMED_STATS``, ``ANY_STATS``, ``MEAN_STATS``, else the last). The first
     transition uses ``key`` itself, so one transition per draw is the single iteration."""
+    # Transition i >= 1 draws from fold_in(fold_in(key, REPEAT_SALT), i), never from
+    # fold_in(key, i): JAX's partitionable threefry makes fold_in(key, i) equal to
+    # split(key)[i], the very keys the first transition splits ``key`` into, and reusing
+    # them (the same momentum, the same uniform) biases the chain.
+    repeat_key = jax.random.fold_in(key, REPEAT_SALT)
     mean = np.array([n in MEAN_STATS for n in names])
     added = np.array([n in SUMMED_STATS for n in names]) | mean  # a mean: added, then divided
     flags = np.array([n in ANY_STATS for n in names])
 
     def body(i, state):
         c, _, total = state
-        c, position, stats = iteration(jax.random.fold_in(key, i), c, extras)
+        c, position, stats = iteration(jax.random.fold_in(repeat_key, i), c, extras)
         total = jnp.where(added, total + stats, jnp.where(flags, jnp.maximum(total, stats), stats))
         return c, position, total
 
