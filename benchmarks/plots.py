@@ -44,7 +44,7 @@ from benchmarks import artifacts  # noqa: E402
 
 __all__ = ["FIGURES", "LEARNED", "make_all", "main"]
 
-LEARNED = ("nnghmc*", "l2hmc*", "entropy*")
+LEARNED = ("nnghmc*", "l2hmc*", "entropy*", "neutra*")
 NUTS = ("pymc_nuts", "nutpie", "nutpie_nf")
 BANANA = "banana"
 FUNNELS = ("funnel_20d_s3", "funnel_20d_s1")
@@ -54,6 +54,7 @@ DPI = 110
 _FAMILY_COLOURS = (
     ("pymc_nuts", "#4c72b0"), ("nutpie*", "#55a868"), ("jaxhmc*", "#8172b2"),
     ("nnghmc*", "#c44e52"), ("l2hmc*", "#dd8452"), ("entropy*", "#937860"),
+    ("neutra*", "#da8bc3"),
 )
 
 
@@ -378,11 +379,62 @@ def training_curves(results, artifacts_dir, path) -> str:
 
 # --- all of them --------------------------------------------------------------------------------
 
+def funnel_transport_scale(results, artifacts_dir, path) -> str:
+    """NeuTraHMC's learned map on the σ = 3 funnel: the scale it gives x_i (∂x_i/∂z_i, the
+    base's unit step in x_i) as a function of v along the map's own v axis, against the
+    true conditional sd e^{v/2}."""
+    if artifacts_dir is None:
+        raise Skip("the run kept no artifacts")
+    funnel = FUNNELS[0]
+    trained = next((artifacts.load_trained(artifacts_dir, funnel, s)
+                    for s in ("neutra", "neutra_pymc")
+                    if artifacts.load_trained(artifacts_dir, funnel, s) is not None), None)
+    if trained is None:
+        raise Skip(f"no NeuTraHMC map kept for {funnel}")
+    import jax
+    import jax.numpy as jnp
+
+    from pymc_neural_steps.kernels import transport
+
+    flow = jax.tree.map(jnp.asarray, trained.networks)
+    whitening = transport.Whitening(jnp.asarray(trained.center),
+                                    jnp.sqrt(jnp.asarray(trained.inverse_mass)))
+    dim = int(flow.dim)
+    grid = jnp.linspace(-3.0, 3.0, 121)
+
+    def scales(zv):
+        z = jnp.zeros(dim).at[0].set(zv)
+        jacobian = jax.jacfwd(lambda z: transport.forward(flow, whitening, z)[0])(z)
+        return transport.forward(flow, whitening, z)[0][0], jnp.diag(jacobian)[1:]  # v is x₀
+
+    v, diag = jax.vmap(scales)(grid)
+    v, diag = np.asarray(v), np.asarray(diag)
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for i in range(diag.shape[1]):
+        ax.plot(v, diag[:, i], lw=0.8, color=_colour("neutra"), alpha=0.5,
+                label="learned ∂x_i/∂z_i (each x_i)" if i == 0 else None)
+    ax.plot(v, np.exp(v / 2), "k--", lw=1.2, label="true conditional sd e^{v/2}")
+    ax.set_yscale("log")
+    ax.set_xlabel("v = x₀ (along the map's v axis, z_v from −3 to 3, other z = 0)")
+    ax.set_ylabel("scale of x_i")
+    ax.legend(fontsize=8)
+    ax.set_title(f"{funnel}: NeuTraHMC's transport map against the funnel's scale", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return ("The scale NeuTraHMC's learned map gives each x_i as a function of v (its Jacobian's diagonal "
+            "along the map's v axis, z_v ∈ [−3, 3], other z = 0), against the funnel's true conditional sd "
+            "e^{v/2}. Where they agree the pulled-back posterior is a unit Gaussian and latent HMC takes one step "
+            "size everywhere, neck included.")
+
+
 FIGURES: tuple[tuple[str, str, str, Callable], ...] = (
     ("ess_per_grad", "ess_per_grad.png", "ESS per gradient", ess_per_grad),
     ("ess_per_second", "ess_per_second.png", "ESS per second", ess_per_second),
     ("banana_gradient_field", "banana_gradient_field.png", "Banana: true vs learned gradient field", banana_gradient_field),
     ("funnel_traces", "funnel_traces.png", "Funnel: x₀ over time", funnel_traces),
+    ("funnel_transport_scale", "funnel_transport_scale.png", "Funnel: NeuTraHMC's map scale against e^{v/2}",
+     funnel_transport_scale),
     ("training_curves", "training_curves.png", "Training curves", training_curves),
 )
 

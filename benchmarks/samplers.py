@@ -303,9 +303,11 @@ register(via_fast_driver("jaxhmc", pns.JaxHMC, "JaxHMC via pns.sample (fast driv
 register(via_fast_driver("nnghmc", pns.NNgHMC, "NNgHMC via pns.sample (fast driver, one pooled surrogate)", surrogate_stat="n_surrogate_evals"))
 register(via_fast_driver("l2hmc", pns.L2HMC, "L2HMC via pns.sample (fast driver, one kernel trained on the pooled ensemble)"))
 register(via_fast_driver("entropyflow", pns.EntropyFlowMC, "EntropyFlowMC via pns.sample (fast driver, one kernel trained on the pooled ensemble)"))
+register(via_fast_driver("neutra", pns.NeuTraHMC, "NeuTraHMC via pns.sample (fast driver, one transport map trained for all chains)", default=False))
 # The learned methods under pm.sample's per-chain loop (robustness suite; run when named).
 register(via_pm_sample("nnghmc_pymc", pns.NNgHMC, "NNgHMC via pm.sample(step=pns.NNgHMC()) (run when named)",
                        surrogate_stat="n_surrogate_evals", default=False))
 register(via_pm_sample("l2hmc_pymc", pns.L2HMC, "L2HMC via pm.sample(step=pns.L2HMC()) (run when named)", default=False))
 register(via_pm_sample("entropyflow_pymc", pns.EntropyFlowMC,
                        "EntropyFlowMC via pm.sample(step=pns.EntropyFlowMC()) (run when named)", default=False))
+register(via_pm_sample("neutra_pymc", pns.NeuTraHMC, "NeuTraHMC via pm.sample(step=pns.NeuTraHMC()) (run when named)", default=False))

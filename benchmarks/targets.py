@@ -158,6 +158,7 @@ register(BenchTarget(
     "funnel_20d_s3", lambda: testing.funnel(20, sigma=3.0),
     "Neal's funnel, 20-d, sigma = 3; sd of x not checked (heavy tails), v checked (analytic)",
     draws=1000,  # NUTS's trees are long here: keep the cell within budget
+    keep_trained=True,  # NeuTraHMC's map, for funnel_transport_scale.png
 ))
 register(BenchTarget(
     "banana", lambda: testing.banana(1.0, 0.1, 1.0),
@@ -173,6 +174,11 @@ register(BenchTarget(
     "eight_schools_c", testing.eight_schools_centered,
     "eight schools, centred: a funnel (posteriordb non-centred reference, same posterior)",
     skip=(_NF_SKIP, _L2HMC_SKIP, _ENTROPY_SKIP), suites=(_ROBUSTNESS,),
+))
+register(BenchTarget(
+    "varying_intercepts_c40", lambda: testing.centered_varying_intercepts(40),
+    "centred varying intercepts, 40 simulated groups: a funnel (analytic by quadrature over tau)",
+    skip=(_NF_SKIP, _L2HMC_SKIP, _ENTROPY_SKIP), default=False,
 ))
 register(BenchTarget(
     "garch11", testing.garch11,

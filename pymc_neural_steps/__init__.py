@@ -11,7 +11,14 @@ _cache.install()  # JAX's persistent compilation cache (see _cache.py)
 configure_compilation_cache = _cache.configure_compilation_cache
 
 from pymc_neural_steps.sampling import sample  # noqa: E402
-from pymc_neural_steps.steps import EntropyFlowMC, JaxHMC, L2HMC, NNgHMC, TrainedNNgHMC  # noqa: E402
+from pymc_neural_steps.steps import (  # noqa: E402
+    EntropyFlowMC,
+    JaxHMC,
+    L2HMC,
+    NeuTraHMC,
+    NNgHMC,
+    TrainedNNgHMC,
+)
 from pymc_neural_steps.target import (  # noqa: E402
     DiscreteVariableError,
     LayoutMismatchError,
@@ -30,6 +37,7 @@ __all__ = [
     "L2HMC",
     "LayoutMismatchError",
     "NNgHMC",
+    "NeuTraHMC",
     "NonFiniteInitialPointError",
     "TrainedNNgHMC",
     "build_target",

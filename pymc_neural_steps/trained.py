@@ -49,6 +49,7 @@ __all__ = [
     "TrainedKernelStep",
     "TrainedL2HMC",
     "TrainedNNgHMC",
+    "TrainedTransport",
     "check_trained",
     "check_trained_nnghmc",
     "json_float",
@@ -84,6 +85,12 @@ class TrainedKernel:
 @dataclass(frozen=True)
 class TrainedL2HMC(TrainedKernel):
     """A trained L2HMC kernel (``kernels.l2hmc.L2HMCNetworks``)."""
+
+
+@dataclass(frozen=True)
+class TrainedTransport(TrainedKernel):
+    """A trained transport map (``kernels.transport.TransportMap``, with the latent HMC's
+    log step size among its leaves)."""
 
 
 @dataclass(frozen=True)

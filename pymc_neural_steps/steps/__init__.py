@@ -6,6 +6,7 @@ from pymc_neural_steps.steps.entropy import EntropyFlowMC, TrainedEntropyFlow
 from pymc_neural_steps.steps.hmc import JaxHMC
 from pymc_neural_steps.steps.l2hmc import L2HMC
 from pymc_neural_steps.steps.nnghmc import NNgHMC, TrainedNNgHMC
+from pymc_neural_steps.steps.transport import NeuTraHMC, TrainedTransport
 
 __all__ = [
     "ChainProgram",
@@ -13,7 +14,9 @@ __all__ = [
     "JaxHMC",
     "L2HMC",
     "NNgHMC",
+    "NeuTraHMC",
     "NeuralStep",
     "TrainedEntropyFlow",
     "TrainedNNgHMC",
+    "TrainedTransport",
 ]

@@ -25,6 +25,7 @@ from pymc_neural_steps.testing.analytic import (
 )
 from pymc_neural_steps.testing.exactness import ExactnessReport, ZScore, check_exactness
 from pymc_neural_steps.testing.expensive import garch21, gp_regression, logistic_regression_50k
+from pymc_neural_steps.testing.hierarchical import centered_varying_intercepts
 from pymc_neural_steps.testing.posteriordb import (
     ark,
     earn_height,
@@ -62,6 +63,7 @@ REFERENCES = {
         logistic_regression_50k,
         garch21,
         eight_schools_centered,
+        centered_varying_intercepts,
         earn_height,
         kidscore_interaction,
         kidscore_interaction_c,
@@ -93,6 +95,7 @@ __all__ = [
     "ark",
     "banana",
     "calendar_year_regression",
+    "centered_varying_intercepts",
     "check_exactness",
     "earn_height",
     "eight_schools_centered",
