@@ -307,7 +307,10 @@ def main(argv: list[str] | None = None) -> int:
             reference = _load_reference(target_name)
             sources[target_name] = getattr(reference, "source", f"failed to load: {reference!r}")
             for sampler_name in sampler_names:
-                reason = None if args.suite else target.skip_reason(sampler_name)
+                # A target's skips keep unnamed samplers off it; naming both the targets and
+                # the samplers on the command line runs every cell named (README).
+                named = bool(args.targets and args.samplers)
+                reason = None if args.suite or named else target.skip_reason(sampler_name)
                 if reason is None and budget is not None and time.perf_counter() - start > budget:
                     reason = f"time budget of {budget / 60:.0f} min spent before this cell"
                 if reason is not None:

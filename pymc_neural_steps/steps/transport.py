@@ -92,7 +92,7 @@ class NeuTraHMC(TrainedKernelStep, NeuralStep):
         hmc_warmup: int = 200,
         width: int = 64,
         depth: int = 1,
-        target_accept: float = 0.9,
+        target_accept: float = 0.95,
         path_length: float = np.pi / 2,
         max_steps: int = 1024,
         step_size: float | None = None,
