@@ -166,7 +166,8 @@ def test_a_chain_that_never_warms_up_samples_as_plain_hmc():
         step_sizes.add(float(stats[names.index("step_size")]))
         assert int(stats[names.index("training_steps")]) == 0
     # ... at the initial step size 0.25 / d^¼, not adapted by the draws.
-    assert step_sizes == {0.25 / 2**0.25}
+    # (to the last bits: exp(log(h)) may round differently from h on some CPUs)
+    assert len(step_sizes) == 1 and np.isclose(step_sizes.pop(), 0.25 / 2**0.25, rtol=1e-12)
     assert int(carry.warmup_iteration) == 0 and not bool(carry.started)
 
 
