@@ -117,6 +117,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              f"{QUICK_BUDGET_MINUTES:g} with --quick, none when targets or samplers are named; 0: none)")
     parser.add_argument("--overhead", action="store_true",
                         help="run the per-draw cost check also with --quick or named targets/samplers")
+    parser.add_argument("--run-skipped", action="store_true",
+                        help="also run the cells a target skips (e.g. nutpie's flow adaptation off its headline targets)")
     parser.add_argument("--skip-overhead", action="store_true", help="skip the pm.sample vs pns.sample per-draw cost check")
     parser.add_argument("--only-overhead", action="store_true", help="run only the per-draw cost check")
     parser.add_argument("--list", action="store_true", help="list targets and samplers and exit")
@@ -307,10 +309,9 @@ def main(argv: list[str] | None = None) -> int:
             reference = _load_reference(target_name)
             sources[target_name] = getattr(reference, "source", f"failed to load: {reference!r}")
             for sampler_name in sampler_names:
-                # A target's skips keep unnamed samplers off it; naming both the targets and
-                # the samplers on the command line runs every cell named (README).
-                named = bool(args.targets and args.samplers)
-                reason = None if args.suite or named else target.skip_reason(sampler_name)
+                # --run-skipped runs the cells a target's skips keep off it (README).
+                keep = args.suite or args.run_skipped
+                reason = None if keep else target.skip_reason(sampler_name)
                 if reason is None and budget is not None and time.perf_counter() - start > budget:
                     reason = f"time budget of {budget / 60:.0f} min spent before this cell"
                 if reason is not None:

@@ -85,8 +85,8 @@ _EXPENSIVE = dict(
 # minutes per target, and the ensemble-trained kernels for one to two: they run on the targets
 # their issues name (the correlated, rotated and ill-conditioned Gaussians, the banana, the
 # sigma = 3 funnel; EntropyFlowMC also German credit) and are skipped, with this reason, on
-# the rest. Name a target and sampler on the command line to run such a cell anyway.
-_BUDGET = "full-run time budget (45 min): runs on its headline targets; name it with --targets/--samplers to run it here"
+# the rest. --run-skipped runs such a cell anyway.
+_BUDGET = "full-run time budget (45 min): runs on its headline targets; --run-skipped runs it here"
 _NF_SKIP = ("nutpie_nf", _BUDGET)
 _L2HMC_SKIP = ("l2hmc*", _BUDGET)
 _ENTROPY_SKIP = ("entropy*", _BUDGET)

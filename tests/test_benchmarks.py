@@ -247,3 +247,17 @@ def test_merge_fills_cells_a_budget_skipped_and_notes_the_second_run():
     assert merged["duration_s"] == 20.0
     assert "`second`" in merged["notes"][-1] and "b / s" in merged["notes"][-1]
     assert first["cells"][1]["status"] == "skipped"  # the inputs are not modified
+
+
+def test_run_skipped_runs_the_cells_a_target_skips(tmp_path, monkeypatch):
+    monkeypatch.setitem(SAMPLERS, "l2hmc_fake", _exact_sampler("l2hmc_fake"))
+    skipping = dataclasses.replace(TARGETS["gaussian_2d_scg"], name="scg_skip", skip=(("l2hmc*", "not here"),))
+    monkeypatch.setitem(TARGETS, "scg_skip", skipping)
+    args = ["--targets", "scg_skip", "--samplers", "l2hmc_fake", "--draws", "200", "--tune", "100",
+            "--chains", "2", "--skip-overhead", "--no-plots"]
+    statuses = []
+    for extra, out in (([], tmp_path / "plain"), (["--run-skipped"], tmp_path / "run_skipped")):
+        assert runner.main([*args, *extra, "--out", str(out)]) == 0
+        [run] = out.glob("*.json")
+        statuses.append(json.loads(run.read_text())["cells"][0]["status"])
+    assert statuses == ["skipped", "ok"]
