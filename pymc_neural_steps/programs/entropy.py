@@ -381,33 +381,22 @@ def _hmc_stats(stats):
 
 def hmc_iteration(settings: EntropySettings, key, carry: EntropyCarry, extras, tuning: bool,
                   driver_code=adaptation.FAST):
-    """One true-gradient HMC iteration: of the warm-up (adapting, collecting the whitening's
-    estimates and the first walkers) when ``tuning``, else of HMC at its current settings
-    (a chain never warmed up)."""
-    if not tuning:
-        hmc_carry, position, stats = settings.hmc_part.draw(key, carry.hmc, extras)
-        return carry._replace(hmc=hmc_carry), position, _hmc_stats(stats)
-    code = learned.hmc_code(settings.hmc_codes, carry.warmup_iteration, driver_code)
-    hmc_carry, position, stats = settings.hmc_part.tune(key, carry.hmc, code, extras)
-    welford, center = learned.center_update(
-        code, carry.center_welford, carry.center_estimate, position
+    """One true-gradient HMC iteration (``learned.hmc_warmup_iteration``); a dense
+    whitening also collects the positions' co-moments."""
+    iteration = carry.warmup_iteration  # before this iteration
+    new, position, stats = learned.hmc_warmup_iteration(
+        settings.hmc_part, settings.hmc_codes, settings.num_walkers, key, carry, extras,
+        tuning, driver_code,
     )
-    cov_welford = carry.cov_welford
-    if settings.dense:
+    if tuning and settings.dense:
         # From the first slow window to the end of the HMC warm-up (never reset): more
         # points for d² entries than the last window alone.
-        updated = adaptation.welford_update(cov_welford, position)
-        collect_cov = carry.warmup_iteration >= settings.first_slow
-        cov_welford = jax.tree.map(lambda a, b: jnp.where(collect_cov, a, b), updated, cov_welford)
-    carry = carry._replace(
-        hmc=hmc_carry,
-        warmup_iteration=carry.warmup_iteration + 1,
-        cov_welford=cov_welford,
-        center_welford=welford,
-        center_estimate=center,
-        recent=carry.recent.at[carry.warmup_iteration % settings.num_walkers].set(position),
-    )
-    return carry, position, _hmc_stats(stats)
+        updated = adaptation.welford_update(carry.cov_welford, position)
+        collect = iteration >= settings.first_slow
+        cov_welford = jax.tree.map(lambda a, b: jnp.where(collect, a, b), updated,
+                                   carry.cov_welford)
+        new = new._replace(cov_welford=cov_welford)
+    return new, position, _hmc_stats(stats)
 
 
 def flow_iteration(settings: EntropySettings, key, carry: EntropyCarry, extras):

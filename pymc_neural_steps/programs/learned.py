@@ -54,6 +54,7 @@ __all__ = [
     "end_pooled",
     "gate_at_end",
     "hmc_code",
+    "hmc_warmup_iteration",
     "gather_ensemble",
     "learned_program",
     "mixture_moments",
@@ -205,6 +206,30 @@ def center_update(code, welford: adaptation.WelfordState, center_estimate, posit
         lambda a, b: jnp.where(window_end, a, b), adaptation.welford_init(dim), welford
     )
     return welford, center
+
+
+def hmc_warmup_iteration(hmc_part: ChainProgram, hmc_codes, num_walkers: int, key, carry,
+                         extras, tuning: bool, driver_code=adaptation.FAST):
+    """One true-gradient HMC iteration of a learned method's chain (carry fields ``hmc``,
+    ``warmup_iteration``, ``center_welford``, ``center_estimate``, ``recent``): of the
+    warm-up when ``tuning`` (adapting on ``hmc_code``'s schedule, collecting the
+    whitening's centre and the last ``num_walkers`` positions, the first walkers), else of
+    HMC at its current settings (a chain never warmed up). Returns (carry, position,
+    HMC's stats)."""
+    if not tuning:
+        hmc_carry, position, stats = hmc_part.draw(key, carry.hmc, extras)
+        return carry._replace(hmc=hmc_carry), position, stats
+    code = hmc_code(hmc_codes, carry.warmup_iteration, driver_code)
+    hmc_carry, position, stats = hmc_part.tune(key, carry.hmc, code, extras)
+    welford, center = center_update(code, carry.center_welford, carry.center_estimate, position)
+    carry = carry._replace(
+        hmc=hmc_carry,
+        warmup_iteration=carry.warmup_iteration + 1,
+        center_welford=welford,
+        center_estimate=center,
+        recent=carry.recent.at[carry.warmup_iteration % num_walkers].set(position),
+    )
+    return carry, position, stats
 
 
 def mixture_moments(centers, inverse_masses, step_sizes):

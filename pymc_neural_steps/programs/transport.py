@@ -226,24 +226,10 @@ def init_carry(settings: TransportSettings, trained, position, extras) -> Transp
 
 def hmc_iteration(settings: TransportSettings, key, carry: TransportCarry, extras, tuning: bool,
                   driver_code=adaptation.FAST):
-    """One true-gradient HMC iteration (of the warm-up when ``tuning``: adapting, and
-    collecting the whitening's centre and the first walkers)."""
-    if not tuning:
-        hmc_carry, position, stats = settings.hmc_part.draw(key, carry.hmc, extras)
-        return carry._replace(hmc=hmc_carry), position, stats
-    code = learned.hmc_code(settings.hmc_codes, carry.warmup_iteration, driver_code)
-    hmc_carry, position, stats = settings.hmc_part.tune(key, carry.hmc, code, extras)
-    welford, center = learned.center_update(
-        code, carry.center_welford, carry.center_estimate, position
-    )
-    carry = carry._replace(
-        hmc=hmc_carry,
-        warmup_iteration=carry.warmup_iteration + 1,
-        center_welford=welford,
-        center_estimate=center,
-        recent=carry.recent.at[carry.warmup_iteration % settings.num_walkers].set(position),
-    )
-    return carry, position, stats
+    """One true-gradient HMC iteration (``learned.hmc_warmup_iteration``)."""
+    return learned.hmc_warmup_iteration(settings.hmc_part, settings.hmc_codes,
+                                        settings.num_walkers, key, carry, extras, tuning,
+                                        driver_code)
 
 
 def latent_iteration(settings: TransportSettings, key, carry: TransportCarry, extras):
